@@ -1,0 +1,177 @@
+"""Model construction (the gamma rule), checkpoints and their failure modes."""
+
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import models
+from models import hooked
+from models.task import AnchorTask
+
+TOKENS = AnchorTask().grid([(1, 2), (4, 3)], "any").tokens[:256]
+
+
+@pytest.mark.parametrize("gamma", [0.3, 0.8])
+def test_every_weight_matrix_follows_the_gamma_rule(gamma):
+    model = models.build(gamma, n_layers=3, seed=0, d_model=96, d_head=48, n_heads=2, d_mlp=200)
+    cfg = model.cfg
+    fan_in = {"W_E": 96, "W_pos": 96, "W_Q": 96, "W_K": 96, "W_V": 96, "W_O": 2 * 48, "W_in": 96, "W_out": 200, "W_U": 96}
+    seen = set()
+    for name, param in model.named_parameters():
+        leaf = name.rsplit(".", 1)[-1]
+        if leaf in fan_in:
+            seen.add(leaf)
+            expected = fan_in[leaf] ** -gamma
+            assert param.std().item() == pytest.approx(expected, rel=0.15 if param.numel() < 2000 else 0.05), name
+            assert abs(param.mean().item()) < 4 * expected / param.numel() ** 0.5, name
+        elif leaf.startswith("b") or leaf == "b":
+            assert torch.all(param == 0), name
+        elif leaf == "w":
+            assert torch.all(param == 1), name
+        else:
+            pytest.fail(f"parameter {name} has no rule")
+    assert seen == set(fan_in)
+    assert cfg.n_layers == 3 and cfg.d_vocab == 201 and cfg.n_ctx == 9
+    assert all(not p.requires_grad for n, p in model.named_parameters() if n.rsplit(".", 1)[-1] in hooked.BIAS_NAMES)
+
+
+def test_build_is_seeded():
+    a, b = models.build(0.5, seed=3), models.build(0.5, seed=3)
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+    assert not torch.equal(a.embed.W_E, models.build(0.5, seed=4).embed.W_E)
+
+
+@pytest.mark.parametrize("gamma", [0, -1, 10, float("nan"), "0.5"])
+def test_absurd_gamma_is_refused(gamma):
+    with pytest.raises(ValueError, match="gamma"):
+        models.build(gamma)
+
+
+def _save(model, path, **card):
+    cfg = hooked.hooked_config(n_layers=model.cfg.n_layers)
+    return hooked.save(model, path, {"recipe": {}, "seed": 0, **card}, cfg)
+
+
+def test_save_load_round_trip_gives_identical_logits(tmp_path):
+    model = models.build(0.5, seed=1)
+    _save(model, tmp_path / "ckpt")
+    loaded = models.load(tmp_path / "ckpt")
+    assert torch.equal(model(TOKENS), loaded(TOKENS))
+    assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == ["card.json", "config.json", "model.safetensors"]
+    assert not any(p.name.startswith(".") for p in tmp_path.iterdir()), "no temporary folder left behind"
+
+
+def test_checkpoint_loads_without_our_package(tmp_path):
+    model = models.build(0.5, seed=2)
+    _save(model, tmp_path / "ckpt")
+    torch.save(TOKENS, tmp_path / "tokens.pt")
+    torch.save(model(TOKENS), tmp_path / "logits.pt")
+    script = f"""
+import json, sys, torch, warnings
+sys.path = [p for p in sys.path if p not in ('', {str(hooked.ZOO.parent.parent)!r})]
+warnings.simplefilter('ignore')
+from safetensors.torch import load_file
+from transformer_lens import HookedTransformer, HookedTransformerConfig
+d = {str(tmp_path / 'ckpt')!r}
+model = HookedTransformer(HookedTransformerConfig(**json.load(open(d + '/config.json'))))
+model.load_state_dict(load_file(d + '/model.safetensors'))
+assert 'models' not in sys.modules and 'interp' not in sys.modules
+logits = model(torch.load({str(tmp_path / 'tokens.pt')!r}))
+assert torch.allclose(logits, torch.load({str(tmp_path / 'logits.pt')!r}), atol=1e-5)
+print('ok')
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path)
+    assert out.returncode == 0 and "ok" in out.stdout, out.stderr
+
+
+def test_missing_checkpoint_is_named(tmp_path):
+    with pytest.raises(models.CheckpointError, match="no checkpoint folder"):
+        models.load(tmp_path / "nothing")
+    with pytest.raises(models.CheckpointError, match="shipped models"):
+        models.load("no-such-model")
+
+
+def test_truncated_weights_are_refused(tmp_path):
+    path = _save(models.build(0.5), tmp_path / "ckpt")
+    weights = path / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    with pytest.raises(models.CheckpointError, match="truncated or corrupt"):
+        models.load(path)
+
+
+def test_truncated_config_is_refused(tmp_path):
+    path = _save(models.build(0.5), tmp_path / "ckpt")
+    text = (path / "config.json").read_text()
+    (path / "config.json").write_text(text[: len(text) // 2])
+    with pytest.raises(models.CheckpointError, match="not valid JSON"):
+        models.load(path)
+
+
+def test_missing_weights_are_refused(tmp_path):
+    path = _save(models.build(0.5), tmp_path / "ckpt")
+    (path / "model.safetensors").unlink()
+    with pytest.raises(models.CheckpointError, match="missing"):
+        models.load(path)
+
+
+def test_weights_from_another_config_are_refused(tmp_path):
+    path = _save(models.build(0.5), tmp_path / "ckpt")
+    other = _save(models.build(0.5, d_model=64, d_head=32, d_mlp=128), tmp_path / "other")
+    shutil.copy(other / "model.safetensors", path / "model.safetensors")
+    with pytest.raises(models.CheckpointError, match="does not match config.json"):
+        models.load(path)
+    deeper = _save(models.build(0.5, n_layers=3), tmp_path / "deeper")
+    shutil.copy(deeper / "model.safetensors", path / "model.safetensors")
+    with pytest.raises(models.CheckpointError, match="unexpected"):
+        models.load(path)
+
+
+def test_invalid_config_is_refused(tmp_path):
+    path = _save(models.build(0.5), tmp_path / "ckpt")
+    cfg = json.loads((path / "config.json").read_text())
+    cfg["no_such_setting"] = 1
+    (path / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(models.CheckpointError, match="not a valid HookedTransformerConfig"):
+        models.load(path)
+
+
+def test_output_folder_holding_another_model_is_refused_unless_overwrite(tmp_path):
+    first = models.build(0.5, seed=1)
+    _save(first, tmp_path / "ckpt", command="first")
+    with pytest.raises(FileExistsError, match="different model"):
+        _save(models.build(0.5, seed=2), tmp_path / "ckpt", seed=2)
+    assert torch.equal(models.load(tmp_path / "ckpt")(TOKENS), first(TOKENS)), "refusal leaves the old model intact"
+    second = models.build(0.5, seed=2)
+    hooked.save(second, tmp_path / "ckpt", {"recipe": {}, "seed": 2}, hooked.hooked_config(), overwrite=True)
+    assert torch.equal(models.load(tmp_path / "ckpt")(TOKENS), second(TOKENS))
+
+
+def test_folder_with_foreign_files_is_refused(tmp_path):
+    (tmp_path / "ckpt").mkdir()
+    (tmp_path / "ckpt" / "notes.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match="holds no checkpoint"):
+        _save(models.build(0.5), tmp_path / "ckpt")
+    assert (tmp_path / "ckpt" / "notes.txt").read_text() == "mine"
+
+
+def test_a_crash_while_saving_leaves_the_old_checkpoint(tmp_path, monkeypatch):
+    first = models.build(0.5, seed=1)
+    _save(first, tmp_path / "ckpt")
+
+    def explode(*args, **kwargs):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(hooked, "_write_json", explode)
+    with pytest.raises(RuntimeError, match="disk full"):
+        hooked.save(models.build(0.5, seed=2), tmp_path / "ckpt", {"recipe": {}, "seed": 2}, hooked.hooked_config(), overwrite=True)
+    assert torch.equal(models.load(tmp_path / "ckpt")(TOKENS), first(TOKENS))
+    assert [p.name for p in tmp_path.iterdir()] == ["ckpt"]
+
+
+def test_model_that_does_not_fit_the_task_is_refused():
+    with pytest.raises(ValueError, match="does not match the task"):
+        hooked.check_model_fits_task(models.build(0.5, n_ctx=12), AnchorTask())

@@ -1,0 +1,133 @@
+"""Training: the fused forward equals the hooked one, a few steps lower the loss, the CLI
+writes a checkpoint with a complete model card."""
+
+import json
+import shlex
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import models
+from interp import cli
+from models.task import AnchorTask
+from models.train import TrainConfig, last_logits, train_command, uses_fused_forward
+
+TOKENS = AnchorTask().sample(128, torch.Generator().manual_seed(0)).tokens
+
+TINY = dict(arch=dict(d_model=32, d_head=16, d_mlp=64), batch_size=64, eval_every=5, early_stop=False)
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [{}, {"n_layers": 1}, {"n_layers": 3, "n_heads": 2, "d_head": 32}, {"act_fn": "gelu"}],
+)
+def test_fused_training_forward_equals_the_hooked_forward(overrides):
+    n_layers = overrides.pop("n_layers", 2)
+    model = models.build(0.3, n_layers=n_layers, seed=1, **overrides)
+    assert uses_fused_forward(model.cfg)
+    torch.testing.assert_close(last_logits(model, TOKENS), model(TOKENS)[:, -1], atol=1e-4, rtol=1e-4)
+
+
+def test_fused_forward_gradients_equal_the_hooked_ones():
+    model = models.build(0.3, seed=1)
+    labels = torch.randint(201, (len(TOKENS),))
+    grads = []
+    for logits_fn in (lambda: last_logits(model, TOKENS), lambda: model(TOKENS)[:, -1]):
+        model.zero_grad()
+        F.cross_entropy(logits_fn(), labels).backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad})
+    for name in grads[0]:
+        torch.testing.assert_close(grads[0][name], grads[1][name], atol=1e-5, rtol=1e-3, msg=name)
+
+
+def test_other_configs_train_through_the_hooked_forward():
+    model = models.build(0.3, normalization_type="RMS", use_normalization_before_and_after=True)
+    assert not uses_fused_forward(model.cfg)
+    torch.testing.assert_close(last_logits(model, TOKENS), model(TOKENS)[:, -1])
+
+
+def test_a_few_steps_lower_the_loss():
+    config = TrainConfig(gamma=0.5, lr=1e-2, max_steps=60, warmup_steps=5, **TINY)
+    batch = AnchorTask().sample(2048, torch.Generator().manual_seed(123))
+    untrained = models.build(config.gamma, config.n_layers, seed=config.seed, **config.arch)
+    result = models.train(config, progress=False)
+    with torch.no_grad():
+        before = F.cross_entropy(untrained(batch.tokens)[:, -1], batch.label).item()
+        after = F.cross_entropy(result.model(batch.tokens)[:, -1], batch.label).item()
+    assert after < before - 0.3, (before, after)
+    assert len(result.history) == 12 and result.steps == 60
+    assert {"seen_test", "inferential", "symmetric", "lr", "seconds", "loss"} <= set(result.history[0])
+
+
+def test_training_is_deterministic():
+    config = TrainConfig(gamma=0.5, lr=3e-3, max_steps=10, warmup_steps=2, **TINY)
+    a, b = models.train(config, progress=False), models.train(config, progress=False)
+    assert torch.equal(a.model(TOKENS), b.model(TOKENS))
+
+
+def test_fixed_dataset_training_runs():
+    result = models.train(TrainConfig(gamma=0.5, lr=3e-3, max_steps=10, warmup_steps=2, dataset_size=300, **TINY), progress=False)
+    assert result.steps == 10
+
+
+def test_early_stop_waits_for_a_settled_solution():
+    config = TrainConfig(patience=2, settle_tol=0.05, min_steps=1)
+    row = {"seen_test": 1.0, "inferential": 0.9, "symmetric": 0.05}
+    from models.train import settled
+
+    assert settled([row, row, row], config)
+    assert not settled([row, row], config)
+    assert not settled([row, row, {**row, "inferential": 0.7}], config)
+    assert not settled([{**row, "seen_test": 0.5}, row, row], config)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(lr=0), "lr"),
+        (dict(batch_size=0), "batch_size"),
+        (dict(warmup_steps=10, max_steps=5), "warmup_steps"),
+        (dict(arch={"d_modle": 64}), "unknown architecture"),
+        (dict(gamma=-0.5), "gamma"),
+    ],
+)
+def test_bad_training_settings_are_refused(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        TrainConfig(**kwargs)
+
+
+def test_train_command_writes_checkpoint_and_card(tmp_path, capsys):
+    out = tmp_path / "run"
+    argv = ["train", "--gamma", "0.5", "--layers", "1", "--seed", "3", "--out", str(out), "--quiet",
+            "--max-steps", "12", "--warmup-steps", "2", "--eval-every", "6", "--batch-size", "64", "--lr", "0.003",
+            "--arch", "d_model=32", "--arch", "d_head=16", "--arch", "d_mlp=64"]
+    assert cli.main(argv) == 0
+    card = json.loads((out / "card.json").read_text())
+    for key in ("command", "seed", "wall_seconds", "metrics", "gamma", "init_std", "recipe", "history"):
+        assert key in card, key
+    assert card["seed"] == 3 and card["steps"] == 12
+    assert card["init_std"]["embed.W_E"] == pytest.approx(32**-0.5)
+    assert card["metrics"]["label"] in ("inferential", "symmetric", "other", "unfit")
+    command = shlex.split(card["command"])
+    assert command[:2] == ["anchor-interp", "train"]
+    assert command[command.index("--seed") + 1] == "3" and command[command.index("--out") + 1] == str(out)
+
+    # The card's command reproduces the same model bit for bit.
+    again = tmp_path / "again"
+    command[command.index("--out") + 1] = str(again)
+    assert cli.main(command[1:] + ["--quiet"]) == 0
+    assert torch.equal(models.load(out)(TOKENS), models.load(again)(TOKENS))
+
+    # Another seed into the same folder is refused, naming the problem.
+    capsys.readouterr()
+    assert cli.main(argv[:6] + ["4"] + argv[7:]) == 2
+    assert "different model" in capsys.readouterr().err
+
+
+def test_train_command_line_round_trips_the_config():
+    config = TrainConfig(gamma=0.6, n_layers=3, seed=5, lr=1e-3, early_stop=False, dataset_size=1000, arch={"d_model": 64})
+    command = shlex.split(train_command(config, "x"))
+    args = cli.build_parser().parse_args(command[1:])
+    assert args.gamma == 0.6 and args.n_layers == 3 and args.seed == 5 and args.lr == 1e-3
+    assert args.early_stop is False and args.dataset_size == 1000 and dict(args.arch) == {"d_model": 64}
