@@ -7,11 +7,10 @@ import dataclasses
 import math
 import platform
 import shlex
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -174,6 +173,43 @@ class TrainResult:
     stopped_early: bool
 
 
+def make_optimizer(params: list[torch.nn.Parameter], config: TrainConfig) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+    """AdamW with linear warmup and cosine decay."""
+    optimizer = torch.optim.AdamW(params, lr=config.lr, betas=config.betas, eps=config.adam_eps, weight_decay=config.weight_decay)
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(config))
+
+
+def batches(config: TrainConfig) -> Iterator[tuple[Int[Tensor, "batch pos"], Int[Tensor, " batch"]]]:
+    """Training batches (tokens, labels), forever: fresh samples, or draws from a fixed set."""
+    data_gen = torch.Generator().manual_seed(config.seed + 1_000_003)  # independent of the init stream
+    fixed = config.task.dataset(config.dataset_size, seed=config.seed) if config.dataset_size else None
+    while True:
+        if fixed is None:
+            batch = config.task.sample(config.batch_size, data_gen)
+            yield batch.tokens, batch.label
+        else:
+            idx = torch.randint(len(fixed), (config.batch_size,), generator=data_gen)
+            yield fixed.tokens[idx], fixed.label[idx]
+
+
+def train_step(
+    logits_fn: Callable[[Tensor], Tensor],
+    tokens: Int[Tensor, "batch pos"],
+    labels: Int[Tensor, " batch"],
+    optimizer: torch.optim.Optimizer,
+    schedule: torch.optim.lr_scheduler.LRScheduler,
+    grad_clip: float,
+) -> Tensor:
+    """One optimizer step on the last-position cross-entropy; returns the loss."""
+    loss = F.cross_entropy(logits_fn(tokens), labels)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_([p for group in optimizer.param_groups for p in group["params"]], grad_clip)
+    optimizer.step()
+    schedule.step()
+    return loss.detach()
+
+
 def train(config: TrainConfig, progress: bool = True) -> TrainResult:
     """Train one model from scratch; deterministic for a given config and thread count."""
     from probes.solution import live_metrics  # probes builds on models: import here, not at the top
@@ -181,31 +217,15 @@ def train(config: TrainConfig, progress: bool = True) -> TrainResult:
     torch.manual_seed(config.seed)
     model = hooked.build(config.gamma, config.n_layers, seed=config.seed, task=config.task, **config.arch)
     model.train()
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=config.lr, betas=config.betas, eps=config.adam_eps, weight_decay=config.weight_decay)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(config))
-    data_gen = torch.Generator().manual_seed(config.seed + 1_000_003)  # independent of the init stream
-    fixed = config.task.dataset(config.dataset_size, seed=config.seed) if config.dataset_size else None
+    optimizer, schedule = make_optimizer([p for p in model.parameters() if p.requires_grad], config)
 
     history: list[dict[str, float]] = []
     start = time.perf_counter()
     bar = tqdm(total=config.max_steps, disable=not progress, unit="step", dynamic_ncols=True, desc=f"gamma {config.gamma} seed {config.seed}")
     step, stopped_early = 0, False
-    for step in range(1, config.max_steps + 1):
-        if fixed is None:
-            batch = config.task.sample(config.batch_size, data_gen)
-            tokens, labels = batch.tokens, batch.label
-        else:
-            idx = torch.randint(len(fixed), (config.batch_size,), generator=data_gen)
-            tokens, labels = fixed.tokens[idx], fixed.label[idx]
-        loss = F.cross_entropy(last_logits(model, tokens), labels)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
-        optimizer.step()
-        schedule.step()
+    for step, (tokens, labels) in enumerate(batches(config), start=1):
+        loss = train_step(lambda t: last_logits(model, t), tokens, labels, optimizer, schedule, config.grad_clip)
         bar.update(1)
-
         if step % config.eval_every == 0 or step == config.max_steps:
             row = {"step": step, "loss": loss.item(), "lr": schedule.get_last_lr()[0], **live_metrics(model, config.task)}
             row["seconds"] = time.perf_counter() - start
@@ -215,6 +235,8 @@ def train(config: TrainConfig, progress: bool = True) -> TrainResult:
             if config.early_stop and step >= config.min_steps and settled(history, config):
                 stopped_early = True
                 break
+        if step == config.max_steps:
+            break
     bar.close()
     model.eval()
     return TrainResult(model, config, step, time.perf_counter() - start, history, stopped_early)
@@ -300,7 +322,3 @@ def train_to_folder(config: TrainConfig, out: str | Path, overwrite: bool = Fals
     card = make_card(result, command, metrics)
     hooked.save(result.model, out, card, config.hooked_config(), overwrite=overwrite)
     return result, card
-
-
-def argv_command() -> str:
-    return shlex.join(["anchor-interp", *sys.argv[1:]])

@@ -1,0 +1,151 @@
+"""Training speed on this CPU, measured side by side in one run.
+
+(a) steps per second of the project's training step (HookedTransformer parameters, fused
+    last-position forward) against a plain hand-written PyTorch transformer of the same
+    shape, batch, optimizer, clipping and data: the ratio, interleaved in rounds so that
+    machine noise hits both alike;
+(b) wall time to reach each shipped reference solution from scratch with its recipe (the
+    zoo card's), and the solution reached.
+
+    python bench/train_speed.py [--rounds 5] [--steps 40] [--skip-solutions]
+
+Writes bench/results/train_speed.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import models
+from models import hooked
+from models.train import TrainConfig, batches, last_logits, make_optimizer, train_step
+
+RESULTS = Path(__file__).parent / "results" / "train_speed.json"
+
+
+class PlainBlock(nn.Module):
+    """A pre-LN block as one would write it by hand (nanoGPT style), no biases."""
+
+    def __init__(self, d_model: int, n_heads: int, d_head: int, d_mlp: int):
+        super().__init__()
+        self.n_heads, self.d_head = n_heads, d_head
+        self.ln1, self.ln2 = nn.LayerNorm(d_model), nn.LayerNorm(d_model)
+        self.qkv = nn.Linear(d_model, 3 * n_heads * d_head, bias=False)
+        self.out = nn.Linear(n_heads * d_head, d_model, bias=False)
+        self.mlp_in, self.mlp_out = nn.Linear(d_model, d_mlp, bias=False), nn.Linear(d_mlp, d_model, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # [batch, pos, d_model]
+        batch, pos, _ = x.shape
+        q, k, v = self.qkv(self.ln1(x)).view(batch, pos, 3, self.n_heads, self.d_head).permute(2, 0, 3, 1, 4)
+        z = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # [batch, head, pos, d_head]
+        x = x + self.out(z.transpose(1, 2).reshape(batch, pos, -1))
+        return x + self.mlp_out(F.relu(self.mlp_in(self.ln2(x))))
+
+
+class PlainTransformer(nn.Module):
+    def __init__(self, cfg: dict):
+        super().__init__()
+        self.embed = nn.Embedding(cfg["d_vocab"], cfg["d_model"])
+        self.pos = nn.Parameter(torch.randn(cfg["n_ctx"], cfg["d_model"]) * 0.02)
+        self.blocks = nn.ModuleList(PlainBlock(cfg["d_model"], cfg["n_heads"], cfg["d_head"], cfg["d_mlp"]) for _ in range(cfg["n_layers"]))
+        self.ln_final = nn.LayerNorm(cfg["d_model"])
+        self.unembed = nn.Linear(cfg["d_model"], cfg["d_vocab"], bias=False)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:  # [batch, pos] -> [batch, d_vocab]
+        x = self.embed(tokens) + self.pos[: tokens.shape[1]]
+        for block in self.blocks:
+            x = block(x)
+        return self.unembed(self.ln_final(x))[:, -1]
+
+
+def steps_per_second(config: TrainConfig, rounds: int, steps: int) -> dict:
+    """Alternate `steps`-step rounds of both loops on the same batches; median rates."""
+    ours = models.build(config.gamma, config.n_layers, seed=0, **config.arch)
+    plain = PlainTransformer(config.hooked_config())
+    runners = {
+        "anchor_interp": (lambda t: last_logits(ours, t), make_optimizer([p for p in ours.parameters() if p.requires_grad], config)),
+        "plain_pytorch": (plain, make_optimizer(list(plain.parameters()), config)),
+    }
+    data = batches(config)
+    fixed = [next(data) for _ in range(steps)]
+    rates: dict[str, list[float]] = {name: [] for name in runners}
+    for round_index in range(rounds + 1):  # round 0 warms up
+        for name, (logits_fn, (optimizer, schedule)) in runners.items():
+            start = time.perf_counter()
+            for tokens, labels in fixed:
+                train_step(logits_fn, tokens, labels, optimizer, schedule, config.grad_clip)
+            if round_index:
+                rates[name].append(steps / (time.perf_counter() - start))
+    median = {name: statistics.median(r) for name, r in rates.items()}
+    return {
+        "steps_per_second": median,
+        "per_round": rates,
+        "ratio_ours_over_plain": median["anchor_interp"] / median["plain_pytorch"],
+        "batch_size": config.batch_size,
+        "arch": config.hooked_config(),
+    }
+
+
+def time_to_solution(name: str) -> dict:
+    card = models.card(name)
+    config = TrainConfig.from_recipe(card["recipe"], card["seed"])
+    with tempfile.TemporaryDirectory() as tmp:
+        start = time.perf_counter()
+        _, new_card = models.train_to_folder(config, Path(tmp) / name, progress=True)
+        wall = time.perf_counter() - start
+    m = new_card["metrics"]
+    return {
+        "command": card["command"],
+        "wall_seconds": wall,
+        "steps": new_card["steps"],
+        "label": m["label"],
+        "seen_test_keys": m["seen_test_keys"],
+        "inferential_test_keys": m["inferential_test_keys"],
+        "symmetric_test_keys": m["symmetric_test_keys"],
+        "shipped_label": card["metrics"]["label"],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--skip-solutions", action="store_true", help="only the steps/s ratio")
+    args = parser.parse_args()
+
+    result = {
+        "machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "processor": platform.processor(), "torch": torch.__version__},
+        "speed": steps_per_second(TrainConfig(), args.rounds, args.steps),
+    }
+    speed = result["speed"]
+    print(f"steps/s  anchor-interp {speed['steps_per_second']['anchor_interp']:.1f}  "
+          f"plain PyTorch {speed['steps_per_second']['plain_pytorch']:.1f}  "
+          f"ratio {speed['ratio_ours_over_plain']:.2f}x")
+    if not args.skip_solutions:
+        result["time_to_solution"] = {}
+        for name in ("inferential", "symmetric"):
+            row = time_to_solution(name)
+            result["time_to_solution"][name] = row
+            print(f"{name:12s} {row['wall_seconds']:.0f} s wall, {row['steps']} steps -> {row['label']} "
+                  f"(seen {row['seen_test_keys']:.3f}, (4,3) inferential {row['inferential_test_keys']:.3f}, "
+                  f"symmetric {row['symmetric_test_keys']:.3f})")
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    tmp = RESULTS.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(result, indent=2) + "\n")
+    os.replace(tmp, RESULTS)
+    print(f"wrote {RESULTS}")
+
+
+if __name__ == "__main__":
+    main()
