@@ -81,11 +81,71 @@ def _run_classify(args: argparse.Namespace) -> None:
         print(f"== {name}\n{probes.classify(model, models.hooked.task_of(name))}\n")
 
 
+def _add_sweep(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("sweep", help="train a grid of models (phase diagram) into a SQLite file; resumable",
+                       description="Train one model per cell of a grid and record what each learned in one SQLite "
+                                   "file. Axes: any TrainConfig field (gamma, n_layers, seed, lr, weight_decay, "
+                                   "dataset_size, ...) or HookedTransformerConfig field (d_model, ...).")
+    p.add_argument("--db", required=True, help="the sweep's SQLite file (created; with --resume, continued)")
+    p.add_argument("--spec", help="TOML grid file, or the name of a shipped one (default: models/sweeps/default.toml)")
+    p.add_argument("--grid", action="append", default=[], metavar="NAME=V1,V2,...",
+                   help="a swept axis, e.g. --grid gamma=0.3,0.5,0.8 (repeatable; replaces the --spec file's)")
+    p.add_argument("--set", dest="fixed", action="append", default=[], metavar="NAME=VALUE",
+                   help="a setting shared by every cell, e.g. --set max_steps=1500 (repeatable)")
+    p.add_argument("--resume", action="store_true", help="continue the sweep in --db (its own grid unless one is given, "
+                   "which must then match); finished cells are never rerun, failed ones are retried")
+    p.add_argument("--no-retry-failed", dest="retry_failed", action="store_false", help="with --resume: leave failed cells alone")
+    p.add_argument("--executor", choices=("local", "ray"), default="local", help="local process pool (default) or Ray")
+    p.add_argument("--address", help="Ray cluster address (e.g. auto, or ray://host:10001); default: a local Ray instance")
+    p.add_argument("--workers", type=int, help="cells run at once (default: local, one per core; Ray, cluster CPUs / threads)")
+    p.add_argument("--threads", type=int, help="torch threads per cell (default: local, cores / workers; Ray, 1)")
+    p.add_argument("--keep-checkpoints", action="store_true", help="also save every model, in <db>.checkpoints/cell-<id>")
+    p.add_argument("--dry-run", action="store_true", help="print the grid and stop")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(run=_run_sweep)
+
+
+def _run_sweep(args: argparse.Namespace) -> None:
+    import shlex
+
+    from models.sweep import SweepSpec, SweepStore, run_sweep
+
+    base = SweepSpec.from_toml(args.spec) if args.spec else None
+    spec = SweepSpec.parse(args.grid, args.fixed, base) if args.grid or args.fixed else base
+    if args.dry_run:
+        if spec is None:
+            store = SweepStore(args.db)
+            spec, counts = store.spec(), store.counts()
+            store.close()
+            print(f"{args.db}: {counts}")
+        print(spec.describe())
+        return
+    if spec is None and not args.resume:
+        raise ValueError("give a grid (--spec FILE, --grid NAME=V1,V2,...) or --resume an existing --db")
+    resume_command = shlex.join(["anchor-interp", "sweep", "--db", args.db, "--resume"])
+    command = shlex.join(["anchor-interp", "sweep", "--db", args.db, *(["--spec", args.spec] if args.spec else []),
+                          *[a for g in args.grid for a in ("--grid", g)], *[a for f in args.fixed for a in ("--set", f)]])
+    try:
+        summary = run_sweep(spec, args.db, resume=args.resume, executor=args.executor, workers=args.workers,
+                            threads=args.threads, address=args.address, keep_checkpoints=args.keep_checkpoints,
+                            retry_failed=args.retry_failed, progress=not args.quiet, command=command)
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: finished cells are saved in {args.db}; continue with: {resume_command}", file=sys.stderr)
+        raise SystemExit(130) from None
+    print(f"{summary.path}: {summary.done}/{summary.total} cells done, {summary.failed} failed "
+          f"({summary.ran} run now in {summary.seconds:.0f} s); figures: anchor-interp report {summary.path}")
+    for cell_id, error in summary.errors.items():
+        print(f"  cell {cell_id} failed: {error}", file=sys.stderr)
+    if summary.failed:
+        print(f"retry the failed cells with: {resume_command}", file=sys.stderr)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="anchor-interp", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     _add_train(sub)
     _add_classify(sub)
+    _add_sweep(sub)
     return parser
 
 

@@ -1,0 +1,765 @@
+"""Phase-diagram sweeps: many training runs over a grid of settings, on a local process
+pool or a Ray cluster, with every result in one SQLite file and resume after any
+interruption.
+
+A cell is one `TrainConfig`; the grid is a product of axes, each any TrainConfig field
+(gamma, n_layers, seed, lr, weight_decay, dataset_size, ...) or any HookedTransformerConfig
+field (d_model, d_head, ..., which go to `TrainConfig.arch`). Each cell trains with
+`models.train.train` and records `probes.classify(...).to_dict()` plus its metadata.
+
+    spec = SweepSpec.from_toml("models/sweeps/default.toml")      # or SweepSpec.parse(grid=[...])
+    run_sweep(spec, "sweeps/default.db")                           # local pool
+    run_sweep(None, "sweeps/default.db", resume=True, executor="ray", address="auto")
+
+The database is the sweep's only state: cells are written before anything runs, each
+finished cell is committed in its own transaction, and a cell left 'running' by a killed
+sweep is simply run again on resume.
+"""
+
+from __future__ import annotations
+
+import ast
+import concurrent.futures as cf
+import dataclasses
+import difflib
+import hashlib
+import itertools
+import json
+import os
+import platform
+import re
+import signal
+import socket
+import sqlite3
+import threading
+import time
+import tomllib
+import traceback
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from tqdm.auto import tqdm
+
+from models import hooked
+from models.train import TrainConfig, _hooked_config_fields, _version, train, train_command, train_to_folder
+
+SPECS = Path(__file__).parent / "sweeps"  # shipped specs: `--spec default` is SPECS/default.toml
+ALIASES = {"layers": "n_layers", "depth": "n_layers", "seeds": "seed"}
+TRAIN_FIELDS = tuple(f.name for f in dataclasses.fields(TrainConfig) if f.name not in ("arch", "task"))
+TASK_SET = ("n_layers", "d_vocab", "n_ctx", "seed")  # HookedTransformerConfig fields that are not free axes
+RAY_INSTALL = "the Ray executor needs Ray: pip install 'anchor-interp[ray]' (or pip install 'ray>=2.40')"
+
+
+# ---- the spec ---------------------------------------------------------------------------
+def parse_value(text: str) -> Any:
+    """A command-line value as Python: numbers, None, True, lists; a bare word stays a string."""
+    try:
+        return ast.literal_eval(text.strip())
+    except (ValueError, SyntaxError):
+        return text.strip()
+
+
+def _assignment(text: str, flag: str) -> tuple[str, str]:
+    if "=" not in text:
+        raise ValueError(f"{flag} takes NAME=VALUE, got {text!r}")
+    name, raw = text.split("=", 1)
+    return name.strip(), raw
+
+
+def canonical_name(name: str) -> str:
+    """The TrainConfig / HookedTransformerConfig field a parameter name refers to; unknown
+    names are refused with the valid ones."""
+    name = ALIASES.get(name, name)
+    if name in TRAIN_FIELDS:
+        return name
+    arch = _hooked_config_fields() - set(TASK_SET)
+    if name in arch:
+        return name
+    if name in TASK_SET or name in ("arch", "task"):
+        raise ValueError(f"{name!r} cannot be swept: the task and TrainConfig set it")
+    close = difflib.get_close_matches(name, [*TRAIN_FIELDS, *ALIASES, *arch], n=3)
+    hint = f" (did you mean {', '.join(close)}?)" if close else ""
+    raise ValueError(
+        f"unknown parameter {name!r}{hint}; valid: the TrainConfig fields {', '.join(TRAIN_FIELDS)} "
+        f"(aliases {', '.join(f'{a}={c}' for a, c in ALIASES.items())}), or any HookedTransformerConfig "
+        "field, e.g. d_model, d_head, d_mlp, n_heads, act_fn, normalization_type"
+    )
+
+
+def _coerce(name: str, value: Any) -> Any:
+    """A value of the type the TrainConfig field holds (TOML and the command line give ints
+    for floats and lists for tuples); architecture values are checked by TransformerLens."""
+    if name not in TRAIN_FIELDS:
+        return value
+    default = getattr(TrainConfig(), name)
+    if isinstance(default, bool):
+        ok = isinstance(value, bool)
+    elif isinstance(default, float):
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        value = float(value) if ok else value
+    elif isinstance(default, tuple):
+        ok = isinstance(value, (list, tuple))
+        value = tuple(value) if ok else value
+    elif default is None:  # dataset_size: None (fresh batches) or an int
+        ok = value is None or (isinstance(value, int) and not isinstance(value, bool))
+    else:
+        ok = isinstance(value, type(default)) and not isinstance(value, bool)
+    if not ok:
+        raise ValueError(f"{name} must be {type(default).__name__ if default is not None else 'an int or None'}, got {value!r}")
+    return value
+
+
+def _json_value(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One training run of the sweep."""
+
+    id: int  # position in the grid's expansion order
+    params: dict[str, Any]  # the swept values of this cell
+    config: TrainConfig
+
+
+@dataclass(frozen=True)
+class SweepSpec:
+    """A grid: `grid` axes (expanded as a product, the first axis outermost) and `fixed`
+    settings shared by every cell; anything not named keeps its TrainConfig default."""
+
+    grid: dict[str, tuple]
+    fixed: dict[str, Any]
+
+    @classmethod
+    def build(cls, grid: dict[str, Any], fixed: dict[str, Any] | None = None) -> "SweepSpec":
+        """Checks names, types and contradictions; aliases become field names."""
+        canon_grid: dict[str, tuple] = {}
+        canon_fixed: dict[str, Any] = {}
+        for where, items, out in (("grid", grid, canon_grid), ("fixed", fixed or {}, canon_fixed)):
+            for raw_name, value in items.items():
+                name = canonical_name(raw_name)
+                if name in canon_grid or name in canon_fixed:
+                    both = "both swept and fixed" if (name in canon_grid) != (where == "grid") else "given twice"
+                    raise ValueError(f"contradictory grid: {name} is {both}")
+                if where == "grid":
+                    values = value if isinstance(value, (list, tuple)) else [value]
+                    if not values:
+                        raise ValueError(f"empty grid: axis {name} has no values")
+                    values = tuple(_coerce(name, v) for v in values)
+                    repeated = sorted({repr(v) for v in values if values.count(v) > 1})
+                    if repeated:
+                        raise ValueError(f"contradictory grid: axis {name} repeats {', '.join(repeated)}")
+                    out[name] = values
+                else:
+                    out[name] = _coerce(name, value)
+        if not canon_grid:
+            raise ValueError("empty grid: give at least one axis (--grid NAME=V1,V2,... or a [grid] table)")
+        spec = cls(canon_grid, canon_fixed)
+        spec.cells()  # every cell must make a valid TrainConfig and model
+        return spec
+
+    @classmethod
+    def parse(cls, grid: list[str] = (), fixed: list[str] = (), base: "SweepSpec | None" = None) -> "SweepSpec":
+        """From command-line assignments (`gamma=0.3,0.5`, `max_steps=1500`), over `base`
+        (a TOML spec) if given: a name on the command line replaces the base's entry."""
+        given: dict[str, tuple[str, Any]] = {}  # canonical name -> (flag, value)
+        for flag, texts in (("--grid", grid), ("--set", fixed)):
+            for text in texts:
+                name, raw = _assignment(text, flag)
+                name = canonical_name(name)
+                if name in given:
+                    where = f"twice to {flag}" if given[name][0] == flag else f"to {given[name][0]} and {flag}"
+                    raise ValueError(f"contradictory grid: {name} given {where}")
+                values = [parse_value(v) for v in raw.split(",")] if raw.strip() else []
+                given[name] = (flag, values if flag == "--grid" else parse_value(raw))
+        new_grid = {n: v for n, (flag, v) in given.items() if flag == "--grid"}
+        new_fixed = {n: v for n, (flag, v) in given.items() if flag == "--set"}
+        if base is None:
+            return cls.build(new_grid, new_fixed)
+        # A name on the command line replaces the base's entry; a replaced axis keeps its place.
+        merged_grid = {n: new_grid.get(n, v) for n, v in base.grid.items() if n not in new_fixed}
+        merged_fixed = {n: new_fixed.get(n, v) for n, v in base.fixed.items() if n not in new_grid}
+        return cls.build({**merged_grid, **new_grid}, {**merged_fixed, **new_fixed})
+
+    @classmethod
+    def from_toml(cls, path: str | os.PathLike) -> "SweepSpec":
+        """A TOML file with a [grid] table (name = [values]) and an optional [fixed] table;
+        `default` (or another name) means models/sweeps/<name>.toml."""
+        path = Path(path)
+        if not path.exists() and (SPECS / f"{path}.toml").is_file():
+            path = SPECS / f"{path}.toml"
+        if not path.is_file():
+            shipped = ", ".join(sorted(p.stem for p in SPECS.glob("*.toml")))
+            raise FileNotFoundError(f"no sweep spec at {str(path)!r} (shipped: {shipped})")
+        try:
+            data = tomllib.loads(path.read_text())
+        except tomllib.TOMLDecodeError as err:
+            raise ValueError(f"{path} is not valid TOML: {err}") from None
+        unknown = set(data) - {"grid", "fixed"}
+        if unknown:
+            raise ValueError(f"{path}: unknown tables/keys {sorted(unknown)}; a spec has [grid] and [fixed]")
+        return cls.build(data.get("grid", {}), data.get("fixed", {}))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "grid": {k: [_json_value(v) for v in vs] for k, vs in self.grid.items()},
+            "fixed": {k: _json_value(v) for k, v in sorted(self.fixed.items())},
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "SweepSpec":
+        return cls.build(d["grid"], d["fixed"])
+
+    def cells(self) -> list[Cell]:
+        """The product of the axes, first axis outermost, as validated TrainConfigs."""
+        cells, models_checked = [], set()
+        for i, values in enumerate(itertools.product(*self.grid.values())):
+            params = dict(zip(self.grid, values))
+            settings = {**self.fixed, **params}
+            train_kw = {k: v for k, v in settings.items() if k in TRAIN_FIELDS}
+            arch = {k: v for k, v in settings.items() if k not in TRAIN_FIELDS}
+            try:
+                config = TrainConfig(**train_kw, arch=arch)
+                arch_key = json.dumps(config.hooked_config(), sort_keys=True, default=str)
+                if arch_key not in models_checked:  # a config TransformerLens accepts
+                    hooked.from_config(config.hooked_config())
+                    models_checked.add(arch_key)
+            except (ValueError, TypeError, AssertionError, RuntimeError) as err:
+                raise ValueError(f"invalid grid: cell {params}: {err}") from None
+            cells.append(Cell(i, params, config))
+        return cells
+
+    def describe(self) -> str:
+        axes = " x ".join(f"{k} {list(map(_json_value, v))}" for k, v in self.grid.items())
+        fixed = ", ".join(f"{k}={_json_value(v)}" for k, v in sorted(self.fixed.items()))
+        return f"{len(list(itertools.product(*self.grid.values())))} cells: {axes}" + (f"; fixed {fixed}" if fixed else "")
+
+
+def config_json(config: TrainConfig) -> str:
+    return json.dumps({"recipe": config.recipe(), "seed": config.seed}, sort_keys=True)
+
+
+def config_from_json(text: str) -> TrainConfig:
+    d = json.loads(text)
+    return TrainConfig.from_recipe(d["recipe"], d["seed"])
+
+
+# ---- the results store ------------------------------------------------------------------
+SCHEMA_VERSION = 1
+SCHEMA = """
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE cells (
+    id INTEGER PRIMARY KEY,            -- position in the grid's expansion order
+    params TEXT NOT NULL,              -- JSON: this cell's swept values
+    config TEXT NOT NULL,              -- JSON: the full TrainConfig (recipe and seed)
+    status TEXT NOT NULL DEFAULT 'pending' CHECK (status IN ('pending', 'running', 'done', 'failed')),
+    attempts INTEGER NOT NULL DEFAULT 0,
+    label TEXT,                        -- probes.classify: inferential / symmetric / other / unfit
+    seen_test_keys REAL,
+    inferential_test_keys REAL,
+    symmetric_test_keys REAL,
+    metrics TEXT,                      -- JSON: the whole Classification.to_dict()
+    steps INTEGER,
+    stopped_early INTEGER,
+    train_seconds REAL,                -- training only
+    wall_seconds REAL,                 -- training + classification (+ checkpoint)
+    threads INTEGER,                   -- torch threads of the run (results depend on it)
+    worker TEXT,                       -- host:pid
+    versions TEXT,                     -- JSON: python, torch, transformer_lens
+    started TEXT,
+    finished TEXT,
+    error TEXT,                        -- traceback of a failed cell
+    checkpoint TEXT                    -- checkpoint folder, when kept
+);
+"""
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+class SweepStore:
+    """One sweep's SQLite file. Every write is one transaction: a crash at any moment
+    leaves each cell either finished (with all its results) or to be run."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise FileNotFoundError(f"no sweep database at {self.path}")
+        self.db = sqlite3.connect(self.path, timeout=60)
+        self.db.row_factory = sqlite3.Row
+        try:
+            meta = dict(self.db.execute("SELECT key, value FROM meta").fetchall())
+        except sqlite3.DatabaseError as err:
+            self.db.close()
+            raise ValueError(f"{self.path} is not a sweep database ({err})") from None
+        self.meta = {k: json.loads(v) for k, v in meta.items()}
+        if self.meta.get("kind") != "anchor-interp sweep":
+            self.db.close()
+            raise ValueError(f"{self.path} is not a sweep database (no anchor-interp sweep metadata)")
+
+    @classmethod
+    def create(cls, path: str | os.PathLike, spec: SweepSpec, cells: list[Cell], command: str = "") -> "SweepStore":
+        """A new database holding the spec and every cell as 'pending'. Built under a temporary
+        name and renamed, so a half-created database never exists."""
+        path = Path(path)
+        if path.exists():
+            raise FileExistsError(f"{path} already exists: pass --resume to continue that sweep, or choose another --db")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.unlink(missing_ok=True)
+        db = sqlite3.connect(tmp)
+        try:
+            with db:
+                db.executescript(SCHEMA)
+                meta = {
+                    "kind": "anchor-interp sweep",
+                    "schema": SCHEMA_VERSION,
+                    "spec": spec.to_dict(),
+                    "fingerprint": fingerprint(cells),
+                    "created": _now(),
+                    "command": command,
+                }
+                db.executemany("INSERT INTO meta VALUES (?, ?)", [(k, json.dumps(v)) for k, v in meta.items()])
+                db.executemany(
+                    "INSERT INTO cells (id, params, config) VALUES (?, ?, ?)",
+                    [(c.id, json.dumps(c.params, default=_json_value), config_json(c.config)) for c in cells],
+                )
+            db.close()
+            os.replace(tmp, path)
+        except BaseException:
+            db.close()
+            tmp.unlink(missing_ok=True)
+            raise
+        return cls(path)
+
+    def close(self) -> None:
+        self.db.close()
+
+    def spec(self) -> SweepSpec:
+        return SweepSpec.from_dict(self.meta["spec"])
+
+    def cells(self) -> list[Cell]:
+        """The cells as stored (their configs exactly as they were made)."""
+        rows = self.db.execute("SELECT id, params, config FROM cells ORDER BY id").fetchall()
+        try:
+            return [Cell(r["id"], json.loads(r["params"]), config_from_json(r["config"])) for r in rows]
+        except (TypeError, KeyError, ValueError) as err:
+            raise ValueError(f"{self.path}: its cells cannot be rebuilt by this version of TrainConfig ({err})") from None
+
+    def counts(self) -> dict[str, int]:
+        counts = dict.fromkeys(("pending", "running", "done", "failed"), 0)
+        counts.update(dict(self.db.execute("SELECT status, COUNT(*) FROM cells GROUP BY status").fetchall()))
+        return counts
+
+    def todo(self, retry_failed: bool = True) -> list[int]:
+        """Cells to run: pending ones, those a dead sweep left 'running', and failed ones
+        unless told otherwise. Finished cells are never run again."""
+        statuses = ("pending", "running", "failed") if retry_failed else ("pending", "running")
+        marks = ",".join("?" * len(statuses))
+        return [r[0] for r in self.db.execute(f"SELECT id FROM cells WHERE status IN ({marks}) ORDER BY id", statuses)]
+
+    def mark_running(self, cell_id: int) -> None:
+        with self.db:
+            self.db.execute(
+                "UPDATE cells SET status='running', attempts=attempts+1, started=?, error=NULL WHERE id=? AND status != 'done'",
+                (_now(), cell_id),
+            )
+
+    def mark_pending(self, cell_ids: list[int]) -> None:
+        with self.db:
+            self.db.executemany("UPDATE cells SET status='pending' WHERE id=? AND status='running'", [(i,) for i in cell_ids])
+
+    def record_done(self, cell_id: int, outcome: dict[str, Any]) -> None:
+        m = outcome["metrics"]
+        with self.db:
+            self.db.execute(
+                """UPDATE cells SET status='done', label=?, seen_test_keys=?, inferential_test_keys=?,
+                   symmetric_test_keys=?, metrics=?, steps=?, stopped_early=?, train_seconds=?, wall_seconds=?,
+                   threads=?, worker=?, versions=?, finished=?, error=NULL, checkpoint=? WHERE id=?""",
+                (
+                    m["label"], m["seen_test_keys"], m["inferential_test_keys"], m["symmetric_test_keys"], json.dumps(m),
+                    outcome["steps"], outcome["stopped_early"], outcome["train_seconds"], outcome["wall_seconds"],
+                    outcome["threads"], outcome["worker"], json.dumps(outcome["versions"]), _now(), outcome["checkpoint"], cell_id,
+                ),
+            )
+
+    def record_failed(self, cell_id: int, error: str) -> None:
+        with self.db:
+            self.db.execute("UPDATE cells SET status='failed', error=?, finished=? WHERE id=?", (error, _now(), cell_id))
+
+    def claim(self) -> None:
+        """Refuse a second live sweep on this file; a dead one's claim is taken over."""
+        runner = self.meta_value("runner")
+        if runner and runner["pid"] != os.getpid() and runner["host"] == socket.gethostname() and _alive(runner["pid"]):
+            raise ValueError(f"{self.path} is being run by process {runner['pid']} (since {runner['since']}); wait for it or stop it")
+        self.set_meta("runner", {"host": socket.gethostname(), "pid": os.getpid(), "since": _now()})
+
+    def release(self) -> None:
+        with self.db:
+            self.db.execute("DELETE FROM meta WHERE key='runner'")
+
+    def meta_value(self, key: str) -> Any:
+        row = self.db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+        return json.loads(row[0]) if row else None
+
+    def set_meta(self, key: str, value: Any) -> None:
+        with self.db:
+            self.db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, json.dumps(value)))
+
+    def rows(self) -> list[dict[str, Any]]:
+        """Every cell as a dict, JSON columns parsed, with its gamma, n_layers, seed, lr and
+        d_model resolved from the config (swept or not)."""
+        out = []
+        for r in self.db.execute("SELECT * FROM cells ORDER BY id"):
+            row = dict(r)
+            for key in ("params", "metrics", "versions"):
+                row[key] = json.loads(row[key]) if row[key] else None
+            config = config_from_json(row.pop("config"))
+            row["config"] = config
+            row.update(gamma=config.gamma, n_layers=config.n_layers, seed=config.seed, lr=config.lr, d_model=config.hooked_config()["d_model"])
+            out.append(row)
+        return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def fingerprint(cells: list[Cell]) -> str:
+    """Identity of a sweep: the full config of every cell, in order."""
+    text = json.dumps([[c.params, config_json(c.config)] for c in cells], sort_keys=True, default=_json_value)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def spec_difference(old: dict[str, Any], new: dict[str, Any]) -> str:
+    """In words, how two specs (SweepSpec.to_dict) differ."""
+    diffs = []
+    for part in ("grid", "fixed"):
+        for name in sorted(set(old[part]) | set(new[part])):
+            a, b = old[part].get(name, "unset"), new[part].get(name, "unset")
+            if a != b:
+                diffs.append(f"{part} {name}: {a} in the database, {b} now")
+    if not diffs and list(old["grid"]) != list(new["grid"]):
+        diffs.append(f"axis order {list(old['grid'])} in the database, {list(new['grid'])} now")
+    return "; ".join(diffs)
+
+
+def results(db_path: str | os.PathLike) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """(meta, rows) of a sweep database, for figures and analysis."""
+    store = SweepStore(db_path)
+    try:
+        return store.meta, store.rows()
+    finally:
+        store.close()
+
+
+# ---- one cell ---------------------------------------------------------------------------
+def run_cell(cell: Cell, threads: int, checkpoint: str | None = None) -> dict[str, Any]:
+    """Train and classify one cell in this process (a pool or Ray worker); `checkpoint`:
+    also save the model there (hooked.save, via train_to_folder)."""
+    import torch
+
+    from probes.solution import classify  # probes builds on models: import here, not at the top
+
+    torch.set_num_threads(threads)
+    start = time.perf_counter()
+    if checkpoint:
+        try:
+            command = train_command(cell.config, checkpoint)
+        except ValueError:  # task/betas overrides have no train flag
+            command = f"anchor-interp sweep cell {cell.id} {json.dumps(cell.params)}"
+        result, card = train_to_folder(cell.config, checkpoint, overwrite=True, progress=False, command=command)
+        metrics = card["metrics"]
+    else:
+        result = train(cell.config, progress=False)
+        metrics = classify(result.model, cell.config.task).to_dict()
+    return {
+        "metrics": metrics,
+        "steps": result.steps,
+        "stopped_early": result.stopped_early,
+        "train_seconds": result.wall_seconds,
+        "wall_seconds": time.perf_counter() - start,
+        "threads": torch.get_num_threads(),
+        "worker": f"{socket.gethostname()}:{os.getpid()}",
+        "versions": {"python": platform.python_version(), "torch": torch.__version__, "transformer_lens": _version("transformer_lens")},
+        "checkpoint": checkpoint,
+    }
+
+
+CellFn = Callable[[Cell, int, "str | None"], dict[str, Any]]
+
+
+# ---- executors --------------------------------------------------------------------------
+def available_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def _worker_init(sweep_pid: int) -> None:
+    # Ctrl-C goes to the whole process group: the sweep process handles it and stops the
+    # workers itself. And a worker must not outlive a killed sweep: its parent is the fork
+    # server, not the sweep, and a pool worker waits forever for its next cell, so a thread
+    # watches the sweep process and ends the worker when it is gone.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    def watch() -> None:
+        while _alive(sweep_pid):
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="sweep-watchdog", daemon=True).start()
+
+
+class LocalExecutor:
+    """`workers` single-process pools, one per slot: a worker that dies (killed, out of
+    memory) fails only its own cell, and only its slot restarts. Workers fork from a server
+    that imported torch and this package once, so a restart costs milliseconds."""
+
+    name = "local"
+
+    def __init__(self, workers: int, threads: int):
+        import multiprocessing
+
+        self.capacity, self.threads = workers, threads
+        self._context = multiprocessing.get_context("forkserver")
+        self._context.set_forkserver_preload(["models.sweep", "probes.solution"])
+        self._slots: list[cf.ProcessPoolExecutor | None] = [None] * workers
+        self._busy: dict[cf.Future, int] = {}
+
+    def submit(self, fn: CellFn, cell: Cell, checkpoint: str | None) -> cf.Future:
+        slot = next(i for i in range(self.capacity) if i not in self._busy.values())
+        if self._slots[slot] is None:
+            self._slots[slot] = cf.ProcessPoolExecutor(1, mp_context=self._context, initializer=_worker_init, initargs=(os.getpid(),))
+        future = self._slots[slot].submit(fn, cell, self.threads, checkpoint)
+        self._busy[future] = slot
+        return future
+
+    def finished(self, future: cf.Future) -> None:
+        slot = self._busy.pop(future)
+        if isinstance(future.exception(), cf.process.BrokenProcessPool):
+            self._slots[slot].shutdown(wait=False)
+            self._slots[slot] = None
+
+    @staticmethod
+    def worker_died(error: BaseException) -> bool:
+        return isinstance(error, cf.process.BrokenProcessPool)
+
+    def close(self, cancel: bool = False) -> None:
+        for pool in filter(None, self._slots):
+            if cancel and hasattr(pool, "terminate_workers"):  # Python >= 3.14
+                pool.terminate_workers()
+            elif cancel:  # stop running cells now (Ctrl-C); before 3.14 only the private process table can
+                for process in list((getattr(pool, "_processes", None) or {}).values()):
+                    process.kill()
+            pool.shutdown(wait=not cancel, cancel_futures=True)
+        self._slots = [None] * self.capacity
+
+
+class RayExecutor:
+    """Cells as Ray tasks of `threads` CPUs each, on a local instance or the cluster at
+    `address`. Every node needs this package and its dependencies installed."""
+
+    name = "ray"
+
+    def __init__(self, workers: int | None, threads: int, address: str | None):
+        try:
+            import ray
+        except ImportError:
+            raise ValueError(RAY_INSTALL) from None
+        self.ray, self.threads = ray, threads
+        self._started = not ray.is_initialized()
+        if self._started:
+            import logging
+
+            ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
+        cpus = int(ray.cluster_resources().get("CPU", 1))
+        self.capacity = workers or max(1, cpus // threads)
+        # max_retries=0: a cell whose worker dies is recorded as failed, as with the local pool.
+        self._task = ray.remote(_ray_cell).options(num_cpus=threads, max_retries=0)
+        self._refs: dict[cf.Future, Any] = {}
+
+    def submit(self, fn: CellFn, cell: Cell, checkpoint: str | None) -> cf.Future:
+        ref = self._task.remote(fn, cell, self.threads, checkpoint)
+        future = ref.future()
+        self._refs[future] = ref
+        return future
+
+    def finished(self, future: cf.Future) -> None:
+        self._refs.pop(future, None)
+
+    def worker_died(self, error: BaseException) -> bool:
+        return isinstance(error, (self.ray.exceptions.WorkerCrashedError, self.ray.exceptions.NodeDiedError))
+
+    def close(self, cancel: bool = False) -> None:
+        if cancel:
+            for ref in self._refs.values():
+                self.ray.cancel(ref, force=True)
+        self._refs.clear()
+        if self._started:
+            self.ray.shutdown()
+
+
+def _ray_cell(fn: CellFn, cell: Cell, threads: int, checkpoint: str | None) -> dict[str, Any]:
+    return fn(cell, threads, checkpoint)
+
+
+def make_executor(kind: str, n_cells: int, workers: int | None = None, threads: int | None = None, address: str | None = None):
+    """The local pool sized to this machine (workers x threads = cores, no oversubscription)
+    or Ray (one CPU per cell by default)."""
+    if workers is not None and workers < 1 or threads is not None and threads < 1:
+        raise ValueError(f"workers and threads must be >= 1, got workers={workers} threads={threads}")
+    if kind == "local":
+        if address:
+            raise ValueError("--address is for --executor ray")
+        cores = available_cores()
+        workers = workers or max(1, min(cores, n_cells))
+        return LocalExecutor(workers, threads or max(1, cores // workers))
+    if kind == "ray":
+        return RayExecutor(workers, threads or 1, address)
+    raise ValueError(f"unknown executor {kind!r}; choose local or ray")
+
+
+# ---- the sweep --------------------------------------------------------------------------
+@dataclass
+class SweepSummary:
+    path: Path
+    total: int
+    done: int
+    failed: int
+    ran: int  # cells run by this call
+    seconds: float
+    errors: dict[int, str]  # cell id -> last line of its error
+
+
+def open_sweep(spec: SweepSpec | None, db: str | os.PathLike, resume: bool = False, command: str = "") -> SweepStore:
+    """A new sweep database for `spec`, or (resume) the existing one, refusing a database
+    made from a different spec."""
+    db = Path(db)
+    if not (resume and db.exists()):
+        if spec is None:
+            raise ValueError(f"no sweep database at {db} to resume, and no grid given to start one")
+        return SweepStore.create(db, spec, spec.cells(), command)
+    store = SweepStore(db)
+    if spec is not None:
+        old = store.meta["spec"]
+        why = spec_difference(old, spec.to_dict())
+        if not why and store.meta["fingerprint"] != fingerprint(spec.cells()):
+            stored = {c.id: c for c in store.cells()}
+            changed = next((c for c in spec.cells() if config_json(c.config) != config_json(stored[c.id].config)), None)
+            why = "the grid is the same, but the training defaults changed since it started" + (
+                f" (cell {changed.id}: {_recipe_difference(stored[changed.id].config, changed.config)})" if changed else ""
+            )
+        if why:
+            store.close()
+            raise ValueError(f"{db} holds a different sweep ({why}); resume it without grid flags to continue its own spec, or use another --db")
+    return store
+
+
+def _recipe_difference(old: TrainConfig, new: TrainConfig) -> str:
+    a, b = old.recipe(), new.recipe()
+    return ", ".join(f"{k} {a.get(k)} -> {b.get(k)}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k))
+
+
+def run_sweep(
+    spec: SweepSpec | None,
+    db: str | os.PathLike,
+    resume: bool = False,
+    executor: str = "local",
+    workers: int | None = None,
+    threads: int | None = None,
+    address: str | None = None,
+    keep_checkpoints: bool = False,
+    retry_failed: bool = True,
+    progress: bool = True,
+    command: str = "",
+    cell_fn: CellFn = run_cell,
+) -> SweepSummary:
+    """Run every unfinished cell of the sweep in `db` (created from `spec` unless resuming),
+    committing each result as it arrives. A failed cell records its error and the sweep goes
+    on. On Ctrl-C the running cells go back to 'pending' and KeyboardInterrupt propagates.
+
+    `cell_fn` is what a worker runs per cell (default: train + classify); it must be
+    importable by the workers. Checkpoints, when kept, go to <db>.checkpoints/cell-<id>."""
+    store = open_sweep(spec, db, resume, command)
+    start = time.perf_counter()
+    try:
+        store.claim()
+    except BaseException:
+        store.close()
+        raise
+    try:
+        cells = {c.id: c for c in store.cells()}
+        todo = deque(store.todo(retry_failed))
+        counts = store.counts()
+        summary = SweepSummary(store.path, len(cells), counts["done"], 0 if retry_failed else counts["failed"], 0, 0.0, {})
+        if todo:
+            ckpt_dir = store.path.with_name(store.path.stem + ".checkpoints") if keep_checkpoints else None
+            pool = make_executor(executor, len(todo), workers, threads, address)
+            try:
+                _schedule(store, pool, cells, todo, cell_fn, ckpt_dir, summary, progress)
+            except BaseException:
+                pool.close(cancel=True)
+                raise
+            pool.close()
+        summary.seconds = time.perf_counter() - start
+        return summary
+    finally:
+        store.mark_pending(store.todo(retry_failed=False))  # cells a Ctrl-C or crash left 'running'
+        store.release()
+        store.close()
+
+
+def _schedule(store: SweepStore, pool, cells: dict[int, Cell], todo: deque, cell_fn: CellFn, ckpt_dir: Path | None, summary: SweepSummary, progress: bool) -> None:
+    """Keep the executor full (`capacity` cells in flight, so 'running' in the database is
+    true), record each result as it arrives, and show one progress bar."""
+    in_flight: dict[cf.Future, int] = {}
+    bar = tqdm(total=summary.total, initial=summary.done, unit="cell", desc=f"sweep ({pool.name})", disable=not progress, dynamic_ncols=True)
+    try:
+        while todo or in_flight:
+            while todo and len(in_flight) < pool.capacity:
+                cell_id = todo.popleft()
+                store.mark_running(cell_id)
+                checkpoint = str(ckpt_dir / f"cell-{cell_id}") if ckpt_dir else None
+                in_flight[pool.submit(cell_fn, cells[cell_id], checkpoint)] = cell_id
+            bar.set_postfix(running=len(in_flight), failed=summary.failed, refresh=True)
+            finished, _ = cf.wait(in_flight, timeout=1.0, return_when=cf.FIRST_COMPLETED)
+            for future in finished:
+                cell_id = in_flight.pop(future)
+                pool.finished(future)
+                error = future.exception()
+                if error is None:
+                    store.record_done(cell_id, future.result())
+                    summary.done += 1
+                else:
+                    text = describe_error(error, pool.worker_died(error))
+                    store.record_failed(cell_id, text)
+                    summary.failed += 1
+                    summary.errors[cell_id] = text.strip().splitlines()[-1]
+                    bar.write(f"cell {cell_id} {cells[cell_id].params} failed: {summary.errors[cell_id]}")
+                summary.ran += 1
+                bar.update(1)
+        bar.set_postfix(running=0, failed=summary.failed)
+    finally:
+        bar.close()
+
+
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def describe_error(error: BaseException, worker_died: bool) -> str:
+    if worker_died:
+        return f"the worker process died while running this cell (killed, or out of memory): {error}"
+    text = "".join(traceback.format_exception(error))
+    return ANSI.sub("", text)[-8000:]
+

@@ -1,0 +1,333 @@
+"""Sweeps: grid expansion and its errors, the SQLite store, the local pool (a failing cell,
+a killed worker), resume after a real SIGKILL and a Ctrl-C, and the phase-diagram figures
+built from a small database."""
+
+import json
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from interp import cli
+from interp.sweep_report import cell_table, phase_table, sweep_sections
+from models.sweep import Cell, SweepSpec, SweepStore, run_cell, run_sweep
+
+REPO = Path(__file__).resolve().parents[1]
+# Tiny cells: a 16-wide model, a few steps, one evaluation.
+TINY = ["d_model=16", "d_head=8", "d_mlp=32", "max_steps=8", "warmup_steps=1", "batch_size=32", "eval_every=8", "early_stop=False"]
+
+
+def tiny_spec(*grid: str, steps: int = 8) -> SweepSpec:
+    return SweepSpec.parse(list(grid), [*TINY[:3], f"max_steps={steps}", *TINY[4:6], f"eval_every={steps}", TINY[7]])
+
+
+def rows(db: Path) -> dict[int, dict]:
+    con = sqlite3.connect(db)
+    con.row_factory = sqlite3.Row
+    try:
+        return {r["id"]: dict(r) for r in con.execute("SELECT * FROM cells")}
+    finally:
+        con.close()
+
+
+# ---- the grid ---------------------------------------------------------------------------
+def test_grid_expands_as_a_product_with_the_first_axis_outermost():
+    spec = SweepSpec.parse(["seeds=0,1", "layers=2,3", "gamma=0.3,1"], ["lr=1e-3", "d_model=32", "d_head=16"])
+    cells = spec.cells()
+    assert spec.grid == {"seed": (0, 1), "n_layers": (2, 3), "gamma": (0.3, 1.0)}  # aliases resolved, 1 -> 1.0
+    assert [c.id for c in cells] == list(range(8))
+    assert [c.params for c in cells[:3]] == [{"seed": 0, "n_layers": 2, "gamma": 0.3}, {"seed": 0, "n_layers": 2, "gamma": 1.0}, {"seed": 0, "n_layers": 3, "gamma": 0.3}]
+    last = cells[-1].config
+    assert (last.seed, last.n_layers, last.gamma, last.lr) == (1, 3, 1.0, 1e-3)
+    assert last.arch == {"d_model": 32, "d_head": 16}  # architecture names go to TrainConfig.arch
+    assert last.max_steps == 3000 and last.weight_decay == 0.1  # the rest: TrainConfig defaults
+
+
+def test_a_toml_file_and_flags_give_the_same_spec(tmp_path):
+    toml = tmp_path / "grid.toml"
+    toml.write_text('[grid]\ngamma = [0.3, 0.8]\nn_layers = [2, 3]\n\n[fixed]\nlr = 0.001\nd_model = 32\nd_head = 16\n')
+    from_file = SweepSpec.from_toml(toml)
+    assert from_file == SweepSpec.parse(["gamma=0.3,0.8", "n_layers=2,3"], ["lr=1e-3", "d_model=32", "d_head=16"])
+    # A flag replaces the file's entry, in place; a fixed setting can become an axis.
+    over = SweepSpec.parse(["gamma=0.5,0.6,0.7", "lr=1e-3,3e-4"], ["n_layers=4"], base=from_file)
+    assert list(over.grid) == ["gamma", "lr"] and over.grid["gamma"] == (0.5, 0.6, 0.7)
+    assert over.fixed == {"n_layers": 4, "d_model": 32, "d_head": 16}
+
+
+def test_the_shipped_default_grid():
+    spec = SweepSpec.from_toml("default")
+    cells = spec.cells()
+    assert list(spec.grid)[0] == "seed"  # seeds outermost: a half-done sweep is a whole diagram
+    assert set(spec.grid["gamma"]) >= {0.3, 0.5, 0.8, 1.0} and len(spec.grid["n_layers"]) >= 2
+    assert len(cells) == 48 and spec.fixed == {}
+
+
+@pytest.mark.parametrize(
+    "grid, fixed, message",
+    [
+        ([], ["gamma=0.5"], "empty grid: give at least one axis"),
+        (["gamma="], [], "empty grid: axis gamma has no values"),
+        (["gamma=0.3,0.5,0.3"], [], "axis gamma repeats 0.3"),
+        (["gamma=0.3,0.5"], ["gamma=0.8"], "gamma given to --grid and --set"),
+        (["layers=2", "n_layers=3"], [], "n_layers given twice to --grid"),
+        (["gamma=0.3", "warmup_steps=200"], ["max_steps=100"], "invalid training settings: warmup_steps=200"),
+        (["gamma=0.3,7"], [], "gamma must be a number in [0.05, 3.0]"),
+        (["max_steps=10.5"], [], "max_steps must be int"),
+        (["gama=0.3"], [], "unknown parameter 'gama' (did you mean gamma?); valid: the TrainConfig fields gamma, n_layers"),
+        (["n_ctx=5"], [], "'n_ctx' cannot be swept"),
+        (["gamma"], [], "--grid takes NAME=VALUE"),
+    ],
+)
+def test_bad_grids_are_refused_with_the_reason(grid, fixed, message):
+    with pytest.raises(ValueError) as err:
+        SweepSpec.parse(grid, fixed)
+    assert message in str(err.value)
+
+
+def test_a_toml_file_with_unknown_tables_is_refused(tmp_path):
+    toml = tmp_path / "bad.toml"
+    toml.write_text("[grid]\ngamma = [0.5]\n[fixd]\nlr = 0.001\n")
+    with pytest.raises(ValueError, match=r"unknown tables/keys \['fixd'\]"):
+        SweepSpec.from_toml(toml)
+    with pytest.raises(FileNotFoundError, match="shipped: .*default"):
+        SweepSpec.from_toml(tmp_path / "missing.toml")
+
+
+# ---- running ----------------------------------------------------------------------------
+def test_local_sweep_runs_every_cell_once_in_workers_and_resume_does_nothing(tmp_path):
+    import models
+    import probes
+
+    db = tmp_path / "s.db"
+    spec = tiny_spec("gamma=0.3,0.8", "seed=0,1")
+    summary = run_sweep(spec, db, workers=2, threads=1, keep_checkpoints=True, progress=False)
+    assert (summary.total, summary.done, summary.failed, summary.ran) == (4, 4, 0, 4)
+    got = rows(db)
+    assert sorted(got) == [0, 1, 2, 3] and {r["status"] for r in got.values()} == {"done"}
+    assert {r["attempts"] for r in got.values()} == {1} and {r["threads"] for r in got.values()} == {1}
+    assert all(int(r["worker"].rsplit(":", 1)[1]) != os.getpid() for r in got.values())  # ran in the pool
+    metrics = json.loads(got[3]["metrics"])
+    assert metrics["label"] == got[3]["label"] and 0 <= metrics["seen_test_keys"] <= 1 and len(metrics["inferential_by_position"]) == 7
+    assert got[3]["steps"] == 8 and Path(got[3]["checkpoint"]) == tmp_path / "s.checkpoints" / "cell-3"
+    assert probes.classify(models.load(got[3]["checkpoint"])).to_dict() == metrics  # the kept model is the one measured
+
+    # The same cell run here, on one thread, gives the same result: workers change nothing.
+    threads = torch.get_num_threads()
+    try:
+        here = run_cell(spec.cells()[3], threads=1)
+    finally:
+        torch.set_num_threads(threads)
+    assert here["metrics"] == metrics
+
+    again = run_sweep(None, db, resume=True, progress=False)
+    assert again.ran == 0 and again.done == 4
+    assert rows(db) == got  # nothing rerun, nothing rewritten
+
+
+def flaky_cell(cell: Cell, threads: int, checkpoint: str | None) -> dict:
+    """A cell function for the pool: gamma 0.5 raises, gamma 0.7 kills its own worker."""
+    if cell.config.gamma == 0.5:
+        raise ValueError("this cell is broken on purpose")
+    if cell.config.gamma == 0.7:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return run_cell(cell, threads, checkpoint)
+
+
+def test_a_failing_cell_and_a_killed_worker_are_recorded_and_the_sweep_goes_on(tmp_path):
+    db = tmp_path / "f.db"
+    summary = run_sweep(tiny_spec("gamma=0.3,0.5,0.7,0.8,0.9"), db, workers=2, threads=1, progress=False, cell_fn=flaky_cell)
+    assert (summary.done, summary.failed) == (3, 2)
+    got = rows(db)
+    assert [got[i]["status"] for i in range(5)] == ["done", "failed", "failed", "done", "done"]
+    assert "ValueError: this cell is broken on purpose" in got[1]["error"]
+    assert "worker process died" in got[2]["error"]
+    assert got[1]["metrics"] is None and got[0]["error"] is None
+
+    # Resume retries the failed cells (here with a function that works) and only them.
+    again = run_sweep(None, db, resume=True, workers=2, threads=1, progress=False)
+    assert (again.ran, again.done, again.failed) == (2, 5, 0)
+    final = rows(db)
+    assert {i: r["attempts"] for i, r in final.items()} == {0: 1, 1: 2, 2: 2, 3: 1, 4: 1}
+    assert all(final[i] == got[i] for i in (0, 3, 4))
+
+
+def _wait_for(db: Path, done: int, proc: subprocess.Popen, limit: float = 240) -> dict[int, dict]:
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, proc.communicate()
+        if db.exists():
+            got = rows(db)
+            if sum(r["status"] == "done" for r in got.values()) >= done:
+                return got
+        time.sleep(0.2)
+    proc.kill()
+    raise AssertionError(f"fewer than {done} cells finished in {limit} s")
+
+
+def _gone(pid: int, limit: float = 30) -> bool:
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def test_an_interrupted_sweep_resumes_without_redoing_or_losing_a_cell(tmp_path):
+    db = tmp_path / "k.db"
+    grid = ["--grid", "gamma=0.4,0.8", "--grid", "seed=0,1,2,3,4"]
+    fixed = [a for s in [*TINY[:3], "max_steps=200", *TINY[4:6], "eval_every=200", TINY[7]] for a in ("--set", s)]
+    args = ["sweep", "--db", str(db), *grid, *fixed, "--workers", "2", "--threads", "1", "--quiet"]
+    start = lambda extra=(): subprocess.Popen([sys.executable, "-m", "interp.cli", *args, *extra], cwd=REPO,  # noqa: E731
+                                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    # 1. Ctrl-C: the sweep stops its workers, puts running cells back, says how to resume.
+    proc = start()
+    _wait_for(db, 1, proc)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "--resume" in err, err
+    after_ctrl_c = rows(db)
+    assert "running" not in {r["status"] for r in after_ctrl_c.values()}
+
+    # 2. SIGKILL mid-run: nothing can clean up; the workers die with the sweep.
+    proc = start(["--resume"])
+    before = {i for i, r in after_ctrl_c.items() if r["status"] == "done"}
+    got = _wait_for(db, len(before) + 2, proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    done_at_kill = {i: r for i, r in rows(db).items() if r["status"] == "done"}
+    workers = {int(r["worker"].rsplit(":", 1)[1]) for r in done_at_kill.values()}
+    assert all(_gone(pid) for pid in workers), "pool workers outlived the killed sweep"
+    assert len(done_at_kill) < 10, "the sweep finished before it was killed: make its cells longer"
+
+    # 3. Resume: only unfinished cells run, finished ones are untouched, each cell done once.
+    assert cli.main(["sweep", "--db", str(db), "--resume", "--workers", "2", "--threads", "1", "--quiet"]) == 0
+    final = rows(db)
+    assert sorted(final) == list(range(10)) and {r["status"] for r in final.values()} == {"done"}
+    assert all(final[i] == r for i, r in done_at_kill.items())
+    assert all(final[i]["attempts"] == 1 for i in before)
+    con = sqlite3.connect(db)
+    assert con.execute("SELECT value FROM meta WHERE key='runner'").fetchone() is None  # released
+    con.close()
+
+
+# ---- bad input on the command line ------------------------------------------------------
+def test_cli_refuses_bad_input_in_one_line(tmp_path, capsys, monkeypatch):
+    db = tmp_path / "c.db"
+    assert cli.main(["sweep", "--db", str(db), "--grid", "gamma=0.3,0.8", *[a for s in TINY for a in ("--set", s)], "--quiet"]) == 0
+    capsys.readouterr()
+
+    def error(*argv: str) -> str:
+        assert cli.main(["sweep", "--db", str(db), *argv]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1, err
+        return err
+
+    assert "unknown parameter 'bogus'" in error("--grid", "bogus=1,2")
+    assert "already exists: pass --resume" in error("--grid", "gamma=0.3,0.8", *[a for s in TINY for a in ("--set", s)])
+    why = error("--resume", "--grid", "gamma=0.3,0.5", *[a for s in TINY for a in ("--set", s)])
+    assert "holds a different sweep (grid gamma: [0.3, 0.8] in the database, [0.3, 0.5] now)" in why
+    assert "max_steps: 8 in the database, unset now" in error("--resume", "--grid", "gamma=0.3,0.8")
+    not_ours = tmp_path / "other.db"
+    sqlite3.connect(not_ours).execute("CREATE TABLE t (x)").connection.close()
+    assert "is not a sweep database" in cli_error(capsys, "--db", str(not_ours), "--resume")
+    assert "no sweep database at" in cli_error(capsys, "--db", str(tmp_path / "none.db"), "--resume")
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # as if Ray were not installed
+    assert "pip install 'anchor-interp[ray]'" in cli_error(capsys, "--db", str(tmp_path / "r.db"), "--executor", "ray", "--grid", "gamma=0.5", *[a for s in TINY for a in ("--set", s)])
+
+
+def cli_error(capsys, *argv: str) -> str:
+    assert cli.main(["sweep", *argv]) == 2
+    return capsys.readouterr().err
+
+
+def test_a_second_live_sweep_on_the_same_database_is_refused(tmp_path):
+    db = tmp_path / "two.db"
+    spec = tiny_spec("gamma=0.5")
+    store = SweepStore.create(db, spec, spec.cells())
+    store.set_meta("runner", {"host": socket.gethostname(), "pid": os.getppid(), "since": "now"})  # a live process
+    store.close()
+    with pytest.raises(ValueError, match=f"being run by process {os.getppid()}"):
+        run_sweep(None, db, resume=True, progress=False)
+
+
+# ---- figures ----------------------------------------------------------------------------
+def fake_outcome(seen: float, inferential: float, symmetric: float) -> dict:
+    from probes.solution import label_of
+
+    metrics = dict(label=label_of(seen, inferential, symmetric), seen_test_keys=seen, inferential_test_keys=inferential, symmetric_test_keys=symmetric)
+    return dict(metrics=metrics, steps=1, stopped_early=False, train_seconds=1.0, wall_seconds=2.0, threads=1, worker="h:1", versions={}, checkpoint=None)
+
+
+def test_phase_diagram_from_a_small_database(tmp_path):
+    """gamma 0.3 is unfit, 0.5 symmetric, 0.8 inferential; lr 1e-3 fits worse than 3e-4
+    at gamma 0.8 only, so that cell shows lr 3e-4; depth 3 at gamma 0.8 is not run yet."""
+    db = tmp_path / "fig.db"
+    spec = SweepSpec.parse(["gamma=0.3,0.5,0.8", "n_layers=2,3", "seed=0,1", "lr=3e-4,1e-3"], ["d_model=64", "d_head=32"])
+    store = SweepStore.create(db, spec, spec.cells())
+    for cell in spec.cells():
+        p = cell.params
+        if p["gamma"] == 0.8 and p["n_layers"] == 3:
+            continue
+        if p["gamma"] == 0.3:
+            outcome = fake_outcome(0.2, 0.0, 0.0)
+        elif p["gamma"] == 0.5:
+            outcome = fake_outcome(1.0, 0.1, 0.8 + 0.1 * p["seed"])
+        else:
+            outcome = fake_outcome(0.95 if p["lr"] == 1e-3 else 1.0, 0.9 - 0.2 * p["seed"], 0.05)
+        store.record_done(cell.id, outcome)
+    store.record_failed(0, "Traceback...\nRuntimeError: out of memory")
+    store.close()
+
+    from models.sweep import results
+
+    meta, all_rows = results(db)
+    cells = cell_table(meta, all_rows)
+    assert len(cells) == 19  # 24 cells, 4 not run, 1 failed
+    phase = phase_table(cells, []).set_index(["gamma", "n_layers"])
+    assert phase.loc[(0.3, 2), "label"] == "unfit"
+    assert phase.loc[(0.5, 3), "label"] == "symmetric" and phase.loc[(0.5, 3), "symmetric_test_keys"] == pytest.approx(0.85)
+    assert phase.loc[(0.8, 2), "lr"] == 3e-4 and phase.loc[(0.8, 2), "inferential_test_keys"] == pytest.approx(0.8)
+    assert phase.loc[(0.8, 2), "seed_labels"] == "inferential 2" and (0.8, 3) not in phase.index
+    assert phase.loc[(0.5, 2), "init_std"] == pytest.approx(64 ** -0.5)
+
+    sections = sweep_sections(db)
+    titles = [t for t, _ in sections]
+    assert titles == ["Sweep", "Phase diagram", "Accuracy vs gamma"]
+    status = sections[0][1].data[0].cells.values
+    assert "19 done, 1 failed, 0 running, 4 pending of 24" in status[1] and any("out of memory" in v for v in status[1])
+    diagram = sections[1][1]
+    heatmaps = [t for t in diagram.data if t.type == "heatmap"]
+    sym, sym_unfit, inf, inf_unfit, label = heatmaps
+    assert list(sym.x) == ["0.3", "0.5", "0.8"] and list(sym.y) == ["2", "3"]
+    assert sym.z[1][1] == pytest.approx(0.85) and inf.z[0][2] == pytest.approx(0.8)
+    assert sym_unfit.z[0][0] == 1 and sym_unfit.z[0][1] != sym_unfit.z[0][1]  # shaded where unfit only (NaN elsewhere)
+    assert label.text[0] == ["unfit", "symmetric", "inferential"] and label.text[1][2] == ""
+    assert "σ 0.29" in diagram.layout.xaxis.ticktext[0]  # 64^-0.3
+    curves = sections[2][1]
+    seed_dots = [t for t in curves.data if t.mode == "markers" and t.name.startswith("(4,3) inferential")]
+    # depth 2 at the chosen lr: gamma 0.3 (lr 3e-4, seed 0 failed) one seed, then two each
+    assert sorted(seed_dots[0].y) == pytest.approx([0.0, 0.1, 0.1, 0.7, 0.9])
+
+
+def test_other_swept_axes_get_their_own_diagram(tmp_path):
+    db = tmp_path / "wd.db"
+    spec = SweepSpec.parse(["gamma=0.5,0.8", "weight_decay=0,0.1"], ["d_model=64", "d_head=32"])
+    store = SweepStore.create(db, spec, spec.cells())
+    for cell in spec.cells():
+        store.record_done(cell.id, fake_outcome(1.0, cell.params["weight_decay"] * 5, 0.3))
+    store.close()
+    titles = [t for t, _ in sweep_sections(db)]
+    assert titles == ["Sweep", "Phase diagram (weight_decay=0.0)", "Accuracy vs gamma (weight_decay=0.0)",
+                      "Phase diagram (weight_decay=0.1)", "Accuracy vs gamma (weight_decay=0.1)"]
