@@ -1,0 +1,249 @@
+"""One self-contained HTML report: the classification table and every figure of interp (and
+the causal probes, when present) for each model side by side, plus phase diagrams of sweep
+databases. `anchor-interp report [MODEL...] [SWEEP.db...] --out report.html`.
+
+Computing and drawing are separate: `analyze` measures one model (data only), `sections`
+turns that into (title, figure) pairs, `render_html` lays them out. plotly.js is inlined
+once in the page head, so the file opens offline and every figure shares it.
+"""
+
+from __future__ import annotations
+
+import html
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence, Union
+
+import plotly.graph_objects as go
+import plotly.io as pio
+import torch
+from plotly.offline import get_plotlyjs
+from tqdm.auto import tqdm
+
+from interp.complexity import Complexity, weight_complexity
+from interp.flow import Flow, FlowBatch, Route, trace_flow, trace_flows
+from interp.vectors import AnchorVectors, anchor_grid, anchor_vectors
+from models import hooked
+from models.task import AnchorTask
+from probes.solution import Classification, classify
+
+SHIPPED = ("inferential", "symmetric")
+Content = Union[go.Figure, str]  # a figure, or an HTML fragment (tables, route summaries)
+N_FLOW_PROMPTS = 2000
+EXAMPLE_KEY_POS = 2
+
+
+@dataclass(frozen=True)
+class ModelAnalysis:
+    """Everything the report shows about one model, as data."""
+
+    name: str
+    task: AnchorTask
+    classification: Classification
+    example: Flow  # one held-out-pair prompt
+    flows: FlowBatch  # random prompts of every pair
+    route: Route
+    routes_by_position: dict[int, Route]
+    vectors: AnchorVectors  # last position after each layer
+    value_vectors: AnchorVectors  # value vector at the first anchor, in the layer that reads the anchors
+    complexity: Complexity
+    probe_sections: list[tuple[str, go.Figure]]  # from probes.report_sections, when present
+
+    def summary(self) -> dict[str, str]:
+        """The rows of the classification table (name -> value), shared by HTML and stdout."""
+        c, last = self.classification, self.vectors.hooks[-1]
+        scores = self.vectors.scores()
+        first = scores[self.vectors.hooks[0]]
+        cond = self.complexity.condensation.to_dict()
+        ranks = self.complexity.spectra.stable_rank
+        return {
+            "solution": c.label,
+            "seen pairs, train keys": f"{c.seen_train_keys:.3f}",
+            "seen pairs, test keys": f"{c.seen_test_keys:.3f}",
+            "(4,3) inferential x-10, test keys": f"{c.inferential_test_keys:.3f}",
+            "(4,3) symmetric x-6, test keys": f"{c.symmetric_test_keys:.3f}",
+            "(4,3) inferential by key position": " ".join(f"{a:.2f}" for a in c.inferential_by_position),
+            "(4,3) symmetric by key position": " ".join(f"{a:.2f}" for a in c.symmetric_by_position),
+            "route (value-weighted flow)": self.route.name,
+            "route by key position": " ".join(f"{p}:{r.name[:3]}" for p, r in self.routes_by_position.items()),
+            "same-target parallel score, last layer": f"{scores[last]['parallel_score']:.2f}",
+            "(4,3) vs (3,4) cosine after layer 0": f"{first['mirror_pair_cosine']:.2f} (other pairs {first['other_pairs_cosine']:.2f})",
+            f"W_Q groups (cos > {cond['threshold']})": f"{cond['n_groups']} of {cond['n_neurons']} neurons",
+            "key embedding ordinal R^2": f"{self.complexity.embedding.ordinal_r2:.2f}",
+            "mean stable rank of weights": f"{sum(ranks.values()) / len(ranks):.1f}",
+        }
+
+
+def _probe_sections(name: str, model: hooked.HookedTransformer, task: AnchorTask) -> list[tuple[str, go.Figure]]:
+    import probes
+
+    report_sections = getattr(probes, "report_sections", None)  # the causal probes, when installed
+    return list(report_sections(name, model, task)) if report_sections else []
+
+
+def example_prompt(task: AnchorTask) -> torch.Tensor:
+    """A held-out-pair (4,3) prompt with a mid-range key at key position 2."""
+    key = (task.key_min + task.key_max) // 2
+    return anchor_grid(task, key_pos=min(EXAMPLE_KEY_POS, task.n_key_positions - 1), pairs=[task.held_out_pair], keys=[key]).tokens[0]
+
+
+def analyze(name: str, n_flow_prompts: int = N_FLOW_PROMPTS, probes: bool = True) -> ModelAnalysis:
+    """Load a shipped model or checkpoint folder and measure everything the report shows."""
+    model, task = hooked.load(name), hooked.task_of(name)
+    flows = trace_flows(model, task.sample(n_flow_prompts, torch.Generator().manual_seed(0), pairs=task.pairs, keys="any").tokens, task)
+    reader = min(1, model.cfg.n_layers - 1)  # the paper's layer 2 (ours 1) reads the anchors
+    return ModelAnalysis(
+        name=name,
+        task=task,
+        classification=classify(model, task),
+        example=trace_flow(model, example_prompt(task), task),
+        flows=flows,
+        route=flows.route(),
+        routes_by_position=flows.routes_by_key_position(),
+        vectors=anchor_vectors(model, task),
+        value_vectors=anchor_vectors(model, task, hooks=[f"blocks.{reader}.attn.hook_v"], position="anchor1"),
+        complexity=weight_complexity(model, task),
+        probe_sections=_probe_sections(name, model, task) if probes else [],
+    )
+
+
+# ---- figures -------------------------------------------------------------------------------
+def _mid_keys(task: AnchorTask, n: int = 8) -> list[int]:
+    start = (task.key_min + task.key_max - n) // 2
+    return list(range(start, start + n))
+
+
+def sections(a: ModelAnalysis) -> list[tuple[str, Content]]:
+    """(title, figure or HTML) for one model, in report order; equal titles line up across models."""
+    from interp import figures
+
+    keys = _mid_keys(a.task)
+    out: list[tuple[str, Content]] = [
+        ("Information flow of one (4,3) prompt (paper Fig. 3a)", figures.flow_diagram(a.example)),
+        ("Attention patterns of that prompt, every layer and head", figures.attention_heatmaps(a.example)),
+        (f"Mean value-weighted flow between roles over {len(a.flows)} prompts (colour: excess over uniform attention; uniform share in brackets)",
+         figures.role_flow_figure(a.flows.role_flow("value"), a.flows.uniform_role_flow())),
+        ("Attention rollout (with the residual) of the last position", figures.rollout_figure(a.flows.role_rollout("attention").nan_to_num())),
+        ("Route summary", _route_html(a)),
+    ]
+    for hook in a.vectors.hooks:
+        coords, explained = a.vectors.pca(hook)
+        out.append((f"PCA of the last position at {hook} (x: (4,3), diamond: (3,4))",
+                    figures.vector_scatter(a.vectors, coords, f"explained variance {explained[0]:.2f}, {explained[1]:.2f}")))
+    out += [
+        (f"Cosine similarity after the last layer, keys {keys[0]}..{keys[-1]} x all pairs (paper Fig. 4)", figures.cosine_figure(a.vectors, -1, keys)),
+        (f"Cosine similarity of the value vector at anchor 1 ({a.value_vectors.hooks[0]}), sorted by g(x; a1)",
+         figures.cosine_figure(a.value_vectors, 0, keys, groups=a.value_vectors.first_step, title=f"first-step grouping score {a.value_vectors.group_score(0, a.value_vectors.first_step):.2f}")),
+        ("Vector scores per layer", figures.vector_scores_figure(a.vectors.scores())),
+        ("First-layer W_Q condensation (paper Fig. 5)", figures.condensation_figure(a.complexity.condensation)),
+        ("Key embeddings: covariance spectrum and PCA", figures.embedding_figure(a.complexity.embedding)),
+        ("Singular-value spectra of every weight matrix", figures.spectra_figure(a.complexity.spectra)),
+    ]
+    return out + [(f"Causal probes: {title}", fig) for title, fig in a.probe_sections]
+
+
+def _route_html(a: ModelAnalysis) -> str:
+    by_position = "\n".join(f"key position {p}: {r.name}" for p, r in a.routes_by_position.items())
+    return f"<pre>{html.escape(str(a.route))}\n\nby key position (route rule on those prompts alone):\n{html.escape(by_position)}</pre>"
+
+
+# ---- tables -------------------------------------------------------------------------------
+def classification_table(analyses: Sequence[ModelAnalysis]) -> list[list[str]]:
+    """Header row (model names) then one row per measure."""
+    summaries = [a.summary() for a in analyses]
+    return [["", *(a.name for a in analyses)]] + [[row, *(s.get(row, "") for s in summaries)] for row in summaries[0]]
+
+
+def table_text(table: list[list[str]]) -> str:
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in table)
+
+
+def _table_html(table: list[list[str]]) -> str:
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in table[0])
+    rows = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in table[1:])
+    return f"<table class='summary'><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>"
+
+
+# ---- HTML ---------------------------------------------------------------------------------
+_STYLE = """
+body { font-family: system-ui, sans-serif; margin: 20px; color: #222; }
+h2 { margin-top: 32px; border-bottom: 1px solid #ddd; font-size: 17px; }
+.row { display: flex; gap: 16px; }
+.cell { flex: 1 1 0; min-width: 0; }
+.cell h3 { font-size: 13px; margin: 4px 0; color: #555; }
+table.summary { border-collapse: collapse; font-size: 13px; }
+table.summary td, table.summary th { border: 1px solid #ccc; padding: 3px 10px; text-align: left; }
+pre { font-size: 12px; white-space: pre-wrap; }
+"""
+
+
+def _content_html(content: Content) -> str:
+    if isinstance(content, go.Figure):
+        return pio.to_html(content, full_html=False, include_plotlyjs=False, config={"displaylogo": False, "responsive": True})
+    return content
+
+
+def render_html(analyses: Sequence[ModelAnalysis], sweep: Sequence[tuple[str, list[tuple[str, go.Figure]]]] = ()) -> str:
+    """The page: plotly.js once in the head, then the table and every section, models side
+    by side (sections only some models have leave an empty cell)."""
+    body = []
+    if analyses:
+        body += ["<h2>Classification and summary</h2>", _table_html(classification_table(analyses))]
+        per_model = [dict(sections(a)) for a in analyses]
+        titles = list(dict.fromkeys(t for s in per_model for t in s))
+        for title in titles:
+            cells = "".join(
+                f"<div class='cell'><h3>{html.escape(a.name)}</h3>{_content_html(s[title]) if title in s else ''}</div>" for a, s in zip(analyses, per_model)
+            )
+            body.append(f"<h2>{html.escape(title)}</h2><div class='row'>{cells}</div>")
+    for db, figs in sweep:
+        body.append(f"<h2>Sweep {html.escape(db)}</h2>")
+        body += [f"<h3>{html.escape(title)}</h3>{_content_html(fig)}" for title, fig in figs]
+    names = ", ".join([a.name for a in analyses] + [db for db, _ in sweep])
+    return (
+        "<!DOCTYPE html><html><head><meta charset='utf-8'>"
+        f"<title>anchor-interp report: {html.escape(names)}</title><style>{_STYLE}</style>"
+        f"<script type='text/javascript'>{get_plotlyjs()}</script></head><body>"
+        f"<h1>anchor-interp report: {html.escape(names)}</h1>" + "\n".join(body) + "</body></html>"
+    )
+
+
+def write_atomic(path: str | os.PathLike, text: str) -> Path:
+    """Write to a temporary sibling, then rename: a crash never leaves half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; a report is for reading
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def sweep_sections(db_path: str) -> list[tuple[str, go.Figure]]:
+    if not Path(db_path).is_file():
+        raise ValueError(f"no sweep database at {db_path}")
+    try:
+        from interp.sweep_report import sweep_sections as sections_of_db
+    except ImportError as err:
+        raise ValueError(f"cannot render sweep {db_path}: interp.sweep_report is not available ({err})") from None
+    return sections_of_db(db_path)
+
+
+def build_report(targets: Sequence[str] = (), out: str | os.PathLike = "report.html", n_flow_prompts: int = N_FLOW_PROMPTS, probes: bool = True, progress: bool = True) -> tuple[Path, list[ModelAnalysis]]:
+    """Analyse every model (no model given: both shipped ones) and render every sweep
+    database (arguments ending in .db) into one HTML file."""
+    dbs = [t for t in targets if str(t).endswith(".db")]
+    names = [t for t in targets if not str(t).endswith(".db")] or list(SHIPPED)
+    for name in names:
+        hooked.resolve(name)  # fail fast on a bad name, before minutes of work
+    analyses = [analyze(name, n_flow_prompts, probes) for name in tqdm(names, desc="report", unit="model", disable=not progress)]
+    sweeps = [(db, sweep_sections(db)) for db in dbs]
+    return write_atomic(out, render_html(analyses, sweeps)), analyses
