@@ -140,11 +140,35 @@ def _run_sweep(args: argparse.Namespace) -> None:
         print(f"retry the failed cells with: {resume_command}", file=sys.stderr)
 
 
+def _add_report(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("report", help="one HTML report: classification and every figure, models side by side",
+                       description="Write one self-contained HTML report (opens offline) and print the classification table. "
+                                   "Arguments ending in .db are sweep databases, rendered as phase diagrams.")
+    p.add_argument("targets", nargs="*", metavar="MODEL_OR_SWEEP.db",
+                   help="checkpoint folders or shipped names (no model given: both shipped), and sweep databases")
+    p.add_argument("--out", default="report.html", help="HTML file to write (default %(default)s)")
+    p.add_argument("--flow-prompts", type=int, default=2000, help="random prompts averaged in the flow figures (default %(default)s)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(run=_run_report)
+
+
+def _run_report(args: argparse.Namespace) -> None:
+    from interp.report import build_report, classification_table, table_text
+
+    if args.flow_prompts < 1:
+        raise ValueError(f"--flow-prompts must be >= 1, got {args.flow_prompts}")
+    out, analyses = build_report(args.targets, args.out, n_flow_prompts=args.flow_prompts, progress=not args.quiet)
+    if analyses:
+        print(table_text(classification_table(analyses)))
+    print(f"report written to {out}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="anchor-interp", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     _add_train(sub)
     _add_classify(sub)
+    _add_report(sub)
     _add_sweep(sub)
     return parser
 
