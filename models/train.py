@@ -93,7 +93,6 @@ def _hooked_config_fields() -> set[str]:
 # Config values the fused forward below reproduces; any other config trains through the
 # hooked forward (slower, same result).
 _FUSED_FORWARD_CONFIG = dict(
-    normalization_type="LN",
     use_normalization_before_and_after=False,
     positional_embedding_type="standard",
     n_key_value_heads=None,
@@ -113,6 +112,7 @@ _FUSED_ACTIVATIONS = {"relu": F.relu, "gelu": F.gelu}
 def uses_fused_forward(cfg: hooked.HookedTransformerConfig) -> bool:
     return (
         all(getattr(cfg, key) == value for key, value in _FUSED_FORWARD_CONFIG.items())
+        and cfg.normalization_type in ("LN", None)
         and cfg.act_fn in _FUSED_ACTIVATIONS
         and cfg.attn_scale == cfg.d_head**0.5
         and cfg.d_vocab_out == cfg.d_vocab
@@ -133,11 +133,18 @@ def last_logits(model: hooked.HookedTransformer, tokens: Int[Tensor, "batch pos"
         resid = model(tokens, stop_at_layer=cfg.n_layers)  # [batch, pos, d_model]
         return model.unembed(model.ln_final(resid[:, -1:, :]))[:, 0, :]
     act = _FUSED_ACTIVATIONS[cfg.act_fn]
+
+    def norm(x: Tensor, owner: torch.nn.Module, name: str) -> Tensor:
+        if cfg.normalization_type is None:  # TransformerLens then has no LayerNorm modules at all
+            return x
+        ln = getattr(owner, name)
+        return F.layer_norm(x, (cfg.d_model,), ln.w, ln.b, cfg.eps)
+
     resid = model.embed.W_E[tokens] + model.pos_embed.W_pos[: tokens.shape[1]]  # [batch, pos, d_model]
     for layer, block in enumerate(model.blocks):
         last = layer == cfg.n_layers - 1
         attn, mlp = block.attn, block.mlp
-        normed = F.layer_norm(resid, (cfg.d_model,), block.ln1.w, block.ln1.b, cfg.eps)  # [batch, pos, d_model]
+        normed = norm(resid, block, "ln1")  # [batch, pos, d_model]
         queries_from = normed[:, -1:] if last else normed
         q = torch.einsum("bpd,hde->bhpe", queries_from, attn.W_Q) + attn.b_Q[:, None]  # [batch, head, q_pos, d_head]
         k = torch.einsum("bpd,hde->bhpe", normed, attn.W_K) + attn.b_K[:, None]  # [batch, head, k_pos, d_head]
@@ -145,9 +152,9 @@ def last_logits(model: hooked.HookedTransformer, tokens: Int[Tensor, "batch pos"
         # The last query sees every position, so it needs no mask.
         z = F.scaled_dot_product_attention(q, k, v, is_causal=not last)  # [batch, head, q_pos, d_head]
         resid = (resid[:, -1:] if last else resid) + torch.einsum("bhpe,hed->bpd", z, attn.W_O) + attn.b_O
-        normed = F.layer_norm(resid, (cfg.d_model,), block.ln2.w, block.ln2.b, cfg.eps)
+        normed = norm(resid, block, "ln2")
         resid = resid + act(normed @ mlp.W_in + mlp.b_in) @ mlp.W_out + mlp.b_out
-    final = F.layer_norm(resid[:, -1], (cfg.d_model,), model.ln_final.w, model.ln_final.b, cfg.eps)  # [batch, d_model]
+    final = norm(resid[:, -1], model, "ln_final")  # [batch, d_model]
     return final @ model.unembed.W_U + model.unembed.b_U
 
 

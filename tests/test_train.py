@@ -19,12 +19,18 @@ TINY = dict(arch=dict(d_model=32, d_head=16, d_mlp=64), batch_size=64, eval_ever
 
 
 @pytest.mark.parametrize(
-    "overrides",
-    [{}, {"n_layers": 1}, {"n_layers": 3, "n_heads": 2, "d_head": 32}, {"act_fn": "gelu"}],
+    "gamma, overrides",
+    [
+        (0.3, {}),
+        (0.3, {"n_layers": 1}),
+        (0.3, {"n_layers": 3, "n_heads": 2, "d_head": 32}),
+        (0.3, {"act_fn": "gelu"}),
+        (0.5, {"normalization_type": None}),  # at 0.3 its logits reach ~5000, past float32's 1e-4
+    ],
 )
-def test_fused_training_forward_equals_the_hooked_forward(overrides):
+def test_fused_training_forward_equals_the_hooked_forward(gamma, overrides):
     n_layers = overrides.pop("n_layers", 2)
-    model = models.build(0.3, n_layers=n_layers, seed=1, **overrides)
+    model = models.build(gamma, n_layers=n_layers, seed=1, **overrides)
     assert uses_fused_forward(model.cfg)
     torch.testing.assert_close(last_logits(model, TOKENS), model(TOKENS)[:, -1], atol=1e-4, rtol=1e-4)
 
