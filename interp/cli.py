@@ -163,6 +163,35 @@ def _run_report(args: argparse.Namespace) -> None:
     print(f"report written to {out}")
 
 
+def _add_probe(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("probe", help="a causal probe of one model: ablation, patching, order, composition",
+                       description="Run a causal probe, print its summary and optionally write its figure as self-contained HTML.")
+    p.add_argument("name", choices=("ablation", "patching", "order", "composition"), help="which probe")
+    p.add_argument("model", help="checkpoint folder or shipped name")
+    p.add_argument("--out", help="write the figure to this HTML file")
+    p.add_argument("-n", type=int, default=512, help="prompts (pairs) per run (default %(default)s)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--key-pos", type=int, default=None, help="only prompts with the key at this position (default: all)")
+    p.add_argument("--ablation", default="mean", help="zero, mean or resample (default %(default)s)")
+    p.add_argument("--site", action="append", default=[], metavar="KIND:LAYER[:pos=P][:head=H]",
+                   help="ablation: ablate these sites together instead of sweeping every site (repeatable)")
+    p.add_argument("--pairs", default="change_key", help="patching: swap_order, change_anchor1, change_anchor2, change_key or move_key (default %(default)s)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(run=_run_probe)
+
+
+def _run_probe(args: argparse.Namespace) -> None:
+    import models
+    from probes.figures import write_html
+    from probes.report import run_probe
+
+    result = run_probe(args.name, models.load(args.model), models.hooked.task_of(args.model), n=args.n, seed=args.seed, key_pos=args.key_pos,
+                       ablation=args.ablation, sites=args.site, pairs=args.pairs, progress=not args.quiet)
+    print(result.summary())
+    if args.out:
+        print(f"figure written to {write_html(result.figure(), args.out)}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="anchor-interp", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -170,6 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_classify(sub)
     _add_report(sub)
     _add_sweep(sub)
+    _add_probe(sub)
     return parser
 
 

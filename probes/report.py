@@ -1,0 +1,70 @@
+"""The probes by name (for the command line and the examples) and as report sections."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import plotly.graph_objects as go
+
+from models.hooked import HookedTransformer
+from models.task import AnchorTask
+from probes.ablation import ablate, ablation_sweep
+from probes.composition import composition_test
+from probes.figures import notice
+from probes.patching import make_pairs, order_probe, patch_sweep
+from probes.sites import Site
+
+PROBES = ("ablation", "patching", "order", "composition")
+
+
+def run_probe(
+    name: str,
+    model: HookedTransformer,
+    task: AnchorTask = AnchorTask(),
+    n: int = 512,
+    seed: int = 0,
+    key_pos: int | None = None,
+    ablation: str = "mean",
+    sites: Sequence[str | Site] = (),
+    pairs: str = "change_key",
+    progress: bool = True,
+):
+    """Run one probe with its defaults; the result has .summary() and .figure().
+
+    ablation: the sweep over every site, or the `sites` ablated together; patching: the
+    sweep over prompt pairs of kind `pairs`; order: the order probe; composition: the
+    composition test."""
+    if name == "ablation":
+        if sites:
+            return ablate(model, [s if isinstance(s, Site) else Site.parse(s) for s in sites], ablation, task, n, seed, key_pos)
+        return ablation_sweep(model, task, ablation, n=n, seed=seed, key_pos=key_pos, progress=progress)
+    if name == "patching":
+        return patch_sweep(model, make_pairs(task, pairs, n, seed, key_pos=key_pos), title=f"activation patching ({pairs})", progress=progress)
+    if name == "order":
+        return order_probe(model, task, n, seed, key_pos=key_pos, progress=progress)
+    if name == "composition":
+        return composition_test(model, task, n, seed, key_pos=key_pos, progress=progress)
+    raise ValueError(f"unknown probe {name!r}; known: {', '.join(PROBES)}")
+
+
+def report_sections(name: str, model: HookedTransformer, task: AnchorTask = AnchorTask(), n: int = 256) -> list[tuple[str, go.Figure]]:
+    """The causal probes of one model as (section title, figure): the composition test, the
+    order probe, patching of the key (which route the key takes to the last position) and
+    a mean-ablation sweep. A probe undefined for this model (e.g. the order probe on a
+    model that answers x-6 on (4,3) already) gets a figure saying why."""
+    probes = [
+        ("composition test", lambda: composition_test(model, task, n, progress=False)),
+        ("order probe: (3,4) patched into (4,3)", lambda: order_probe(model, task, n, progress=False)),
+        ("key route: patching a changed key", lambda: patch_sweep(model, make_pairs(task, "change_key", n), title="key route: clean key patched into a changed key", progress=False)),
+        ("mean-ablation sweep", lambda: ablation_sweep(model, task, "mean", n=n, progress=False)),
+    ]
+    sections = []
+    for title, run in probes:
+        try:
+            result = run()
+            figure = result.figure()
+            figure.update_layout(title_text=f"{name}: {figure.layout.title.text}")
+        except ValueError as err:
+            figure = notice(f"{name}: {title}", f"undefined for this model:<br>{err}")
+        sections.append((f"{name}: {title}", figure))
+    return sections
