@@ -19,7 +19,7 @@ _FONT = dict(size=11)
 
 
 def _layout(fig: go.Figure, title: str, height: int = 420) -> go.Figure:
-    fig.update_layout(title=dict(text=title, font=dict(size=14)), height=height, margin=dict(l=50, r=20, t=60, b=45), font=_FONT, template="plotly_white")
+    fig.update_layout(title=dict(text=title, font=dict(size=14)), height=height, margin=dict(l=50, r=20, t=60, b=45), font=_FONT)
     return fig
 
 
@@ -128,7 +128,7 @@ def cosine_figure(vectors: AnchorVectors, hook: str | int, keys: Sequence[int], 
     groups = vectors.labels if groups is None else groups
     subset = torch.isin(vectors.prompts.key, torch.tensor(list(keys)))
     order = [i for i in vectors.order(groups).tolist() if subset[i]]
-    cos = vectors.cosine(hook)[order][:, order]
+    cos = vectors.cosine(hook, torch.tensor(order))
     names = [vectors.names()[i] for i in order]
     ordered = groups[order].tolist()
     shapes, start = [], 0

@@ -12,7 +12,7 @@ from __future__ import annotations
 import html
 import os
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence, Union
 
@@ -50,6 +50,7 @@ class ModelAnalysis:
     value_vectors: AnchorVectors  # value vector at the first anchor, in the layer that reads the anchors
     complexity: Complexity
     probe_sections: list[tuple[str, go.Figure]]  # from probes.report_sections, when present
+    _figures: list = field(default_factory=list, init=False, repr=False, compare=False)  # `sections` draws once
 
     def summary(self) -> dict[str, str]:
         """The rows of the classification table (name -> value), shared by HTML and stdout."""
@@ -116,7 +117,15 @@ def _mid_keys(task: AnchorTask, n: int = 8) -> list[int]:
 
 
 def sections(a: ModelAnalysis) -> list[tuple[str, Content]]:
-    """(title, figure or HTML) for one model, in report order; equal titles line up across models."""
+    """(title, figure or HTML) for one model, in report order; equal titles line up across
+    models. The causal probes' sections come last."""
+    if not a._figures:
+        a._figures.extend(_interp_sections(a))
+    # Titles line up across models, so a model name the probes put in front is dropped.
+    return a._figures + [(f"Causal probes: {title.removeprefix(f'{a.name}: ')}", fig) for title, fig in a.probe_sections]
+
+
+def _interp_sections(a: ModelAnalysis) -> list[tuple[str, Content]]:
     from interp import figures
 
     keys = _mid_keys(a.task)
@@ -132,6 +141,10 @@ def sections(a: ModelAnalysis) -> list[tuple[str, Content]]:
         coords, explained = a.vectors.pca(hook)
         out.append((f"PCA of the last position at {hook} (x: (4,3), diamond: (3,4))",
                     figures.vector_scatter(a.vectors, coords, f"explained variance {explained[0]:.2f}, {explained[1]:.2f}")))
+    tsne_keys = _mid_keys(a.task, 20)  # t-SNE is slow: 20 keys x 16 pairs
+    few = a.vectors.select(torch.isin(a.vectors.prompts.key, torch.tensor(tsne_keys)))
+    out.append((f"t-SNE of the last position after layer 0, keys {tsne_keys[0]}..{tsne_keys[-1]} x all pairs",
+                figures.vector_scatter(few, few.tsne(0), "t-SNE (mirrored pairs collapse in a symmetric model)", ("t-SNE 1", "t-SNE 2"))))
     out += [
         (f"Cosine similarity after the last layer, keys {keys[0]}..{keys[-1]} x all pairs (paper Fig. 4)", figures.cosine_figure(a.vectors, -1, keys)),
         (f"Cosine similarity of the value vector at anchor 1 ({a.value_vectors.hooks[0]}), sorted by g(x; a1)",
@@ -141,7 +154,7 @@ def sections(a: ModelAnalysis) -> list[tuple[str, Content]]:
         ("Key embeddings: covariance spectrum and PCA", figures.embedding_figure(a.complexity.embedding)),
         ("Singular-value spectra of every weight matrix", figures.spectra_figure(a.complexity.spectra)),
     ]
-    return out + [(f"Causal probes: {title}", fig) for title, fig in a.probe_sections]
+    return out
 
 
 def _route_html(a: ModelAnalysis) -> str:
@@ -228,8 +241,6 @@ def write_atomic(path: str | os.PathLike, text: str) -> Path:
 
 
 def sweep_sections(db_path: str) -> list[tuple[str, go.Figure]]:
-    if not Path(db_path).is_file():
-        raise ValueError(f"no sweep database at {db_path}")
     try:
         from interp.sweep_report import sweep_sections as sections_of_db
     except ImportError as err:
@@ -237,13 +248,22 @@ def sweep_sections(db_path: str) -> list[tuple[str, go.Figure]]:
     return sections_of_db(db_path)
 
 
+def report_targets(targets: Sequence[str]) -> tuple[list[str], list[str]]:
+    """(models, sweep databases): arguments ending in .db are sweeps; no model given means
+    both shipped models."""
+    dbs = [str(t) for t in targets if str(t).endswith(".db")]
+    return [str(t) for t in targets if not str(t).endswith(".db")] or list(SHIPPED), dbs
+
+
 def build_report(targets: Sequence[str] = (), out: str | os.PathLike = "report.html", n_flow_prompts: int = N_FLOW_PROMPTS, probes: bool = True, progress: bool = True) -> tuple[Path, list[ModelAnalysis]]:
     """Analyse every model (no model given: both shipped ones) and render every sweep
     database (arguments ending in .db) into one HTML file."""
-    dbs = [t for t in targets if str(t).endswith(".db")]
-    names = [t for t in targets if not str(t).endswith(".db")] or list(SHIPPED)
-    for name in names:
-        hooked.resolve(name)  # fail fast on a bad name, before minutes of work
+    names, dbs = report_targets(targets)
+    for name in names:  # fail fast on a bad argument, before minutes of work
+        hooked.resolve(name)
+    for db in dbs:
+        if not Path(db).is_file():
+            raise ValueError(f"no sweep database at {db}")
     analyses = [analyze(name, n_flow_prompts, probes) for name in tqdm(names, desc="report", unit="model", disable=not progress)]
     sweeps = [(db, sweep_sections(db)) for db in dbs]
     return write_atomic(out, render_html(analyses, sweeps)), analyses

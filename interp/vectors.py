@@ -22,7 +22,7 @@ reads from them, and the numbers here that measure it:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Sequence
 
 import einops
@@ -116,7 +116,7 @@ class AnchorVectors:
     vectors: Float[Tensor, "hook prompt d"]
     prompts: AnchorBatch
     task: AnchorTask
-    _cosines: dict = field(default_factory=dict, repr=False, compare=False)  # (hook, center) -> matrix
+    _units: dict = field(default_factory=dict, repr=False, compare=False)  # (hook, center) -> unit vectors
 
     # ---- what each prompt is ---------------------------------------------------------------
     @property
@@ -128,6 +128,11 @@ class AnchorVectors:
     def first_step(self) -> Int[Tensor, " prompt"]:
         """g(x; a1): the key after the first anchor's map."""
         return self.prompts.key + torch.tensor([self.task.shift(a) for a in self.prompts.anchor1.tolist()])
+
+    def select(self, keep: Tensor) -> AnchorVectors:
+        """The same vectors for the prompts in `keep` (a mask or an index) only."""
+        prompts = AnchorBatch(*(getattr(self.prompts, f.name)[keep] for f in fields(AnchorBatch)))
+        return AnchorVectors(self.hooks, self.position, self.vectors[:, keep], prompts, self.task)
 
     def is_pair(self, pair: tuple[int, int]) -> Tensor:
         return (self.prompts.anchor1 == pair[0]) & (self.prompts.anchor2 == pair[1])
@@ -154,29 +159,42 @@ class AnchorVectors:
             raise ValueError(f"hook {hook!r} was not collected; collected: {list(self.hooks)}")
         return self.vectors[self.hooks.index(hook)]
 
-    def cosine(self, hook: str | int, center: bool = True) -> Float[Tensor, "prompt prompt"]:
-        """Cosine similarity of every pair of prompts. `center` first removes the mean vector
-        over the prompts (what they all share: position, noise), leaving what tells
-        combinations apart; otherwise every cosine is close to 1."""
-        vectors = self.at(hook)
+    def units(self, hook: str | int, center: bool = True) -> Float[Tensor, "prompt d"]:
+        """Unit vectors. `center` first removes the mean vector over the prompts (what they
+        all share: position, noise), leaving what tells combinations apart; otherwise every
+        cosine is close to 1."""
         key = (self.hooks.index(hook) if isinstance(hook, str) else hook % len(self.hooks), center)
-        if key not in self._cosines:  # every score reads the same matrix
-            unit = F.normalize(vectors - vectors.mean(dim=0) if center else vectors, dim=-1)
-            self._cosines[key] = unit @ unit.T
-        return self._cosines[key]
+        if key not in self._units:  # every score reads them
+            vectors = self.at(hook)
+            self._units[key] = F.normalize(vectors - vectors.mean(dim=0) if center else vectors, dim=-1)
+        return self._units[key]
+
+    def cosine(self, hook: str | int, rows: Tensor | None = None, cols: Tensor | None = None, center: bool = True) -> Float[Tensor, "row col"]:
+        """Cosine similarity of the prompts in `rows` (index or mask; default all) with
+        those in `cols` (default: the same as rows)."""
+        unit = self.units(hook, center)
+        a = unit if rows is None else unit[rows]
+        b = a if cols is None else unit[cols]
+        return a @ b.T
 
     def group_score(self, hook: str | int, groups: Int[Tensor, " prompt"], keep: Tensor | None = None) -> float:
         """Mean cosine between different prompts of the same group minus mean cosine between
         prompts of different groups (1 = groups are single directions, 0 = no grouping)."""
-        keep = torch.ones(len(groups), dtype=torch.bool) if keep is None else keep
-        pair_kept = (keep[:, None] & keep[None, :]).float()  # [prompt, prompt]
-        same = (groups[:, None] == groups[None, :]).float() * pair_kept
-        same.fill_diagonal_(0)
-        different = (groups[:, None] != groups[None, :]).float() * pair_kept
-        if same.sum() == 0 or different.sum() == 0:
+        unit = self.units(hook) if keep is None else self.units(hook)[keep]
+        groups = groups if keep is None else groups[keep]
+        onehot = F.one_hot(torch.unique(groups, return_inverse=True)[1]).float()  # [prompt, group]
+        # Sums of cosines over pairs without the [prompt, prompt] matrix:
+        # sum_{i,j in g} u_i.u_j = |sum_{i in g} u_i|^2.
+        group_sums = onehot.T @ unit  # [group, d]
+        sizes = onehot.sum(dim=0)
+        self_pairs = unit.square().sum()
+        same_sum, all_sum = group_sums.square().sum() - self_pairs, unit.sum(dim=0).square().sum()
+        same_pairs, all_pairs = sizes.square().sum() - len(unit), len(unit) ** 2
+        different_pairs = all_pairs - sizes.square().sum()
+        if same_pairs == 0 or different_pairs == 0:
             raise ValueError("group_score needs two prompts of one group and two groups")
-        cos = self.cosine(hook)
-        return ((cos * same).sum() / same.sum() - (cos * different).sum() / different.sum()).item()
+        different_sum = all_sum - group_sums.square().sum()
+        return (same_sum / same_pairs - different_sum / different_pairs).item()
 
     def parallel_score(self, hook: str | int) -> float:
         """`group_score` by trained label, over the trained pairs."""
@@ -189,7 +207,7 @@ class AnchorVectors:
         trained = ~held
         if not held.any():
             raise ValueError(f"no prompt with the held-out pair {self.task.held_out_pair} was collected")
-        cos = self.cosine(hook)[held][:, trained]  # [held, trained]
+        cos = self.cosine(hook, held, trained)  # [held, trained]
         answers = self.task.solution_targets(self.prompts)
         out = {}
         for kind in ("inferential", "symmetric"):
@@ -201,13 +219,13 @@ class AnchorVectors:
         """Cosine of the held-out pair's vector with the trap pair's (its mirror) at the same
         key, against its mean cosine with every other pair at the same key."""
         held, trap = self.is_pair(self.task.held_out_pair), self.is_pair(self.task.trap_pair)
-        same_key = self.prompts.key[:, None] == self.prompts.key[None, :]  # [prompt, prompt]
-        cos = self.cosine(hook)
-        mirror = cos[held][:, trap][same_key[held][:, trap]]
-        others = cos[held][:, ~(held | trap)][same_key[held][:, ~(held | trap)]]
+        others = ~(held | trap)
+        key = self.prompts.key
+        mirror = self.cosine(hook, held, trap)[key[held][:, None] == key[trap][None, :]]
+        other = self.cosine(hook, held, others)[key[held][:, None] == key[others][None, :]]
         if not len(mirror):
             raise ValueError("mirror_collapse needs the held-out and trap pairs at the same keys")
-        return {"mirror": mirror.mean().item(), "other_pairs": others.mean().item()}
+        return {"mirror": mirror.mean().item(), "other_pairs": other.mean().item()}
 
     def pca(self, hook: str | int, n_components: int = 2) -> tuple[Float[Tensor, "prompt component"], Float[Tensor, " component"]]:
         """Coordinates on the top principal components and their explained variance ratio."""
@@ -219,8 +237,11 @@ class AnchorVectors:
 
     def tsne(self, hook: str | int, perplexity: float = 30.0, seed: int = 0) -> Float[Tensor, "prompt 2"]:
         from sklearn.manifold import TSNE
+        from threadpoolctl import threadpool_limits
 
-        coords = TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(self.at(hook).double().numpy())
+        # One OpenMP thread: on a busy machine its spinning threads make t-SNE 10-40x slower.
+        with threadpool_limits(1):
+            coords = TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(self.at(hook).double().numpy())
         return torch.from_numpy(coords).float()
 
     def scores(self) -> dict[str, dict[str, float]]:

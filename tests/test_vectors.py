@@ -110,3 +110,26 @@ def test_pca_tsne_and_scores_shapes(model):
     assert set(scores["blocks.1.hook_resid_post"]) >= {"parallel_score", "mirror_pair_cosine", "held_out_vs_symmetric_targets"}
     cos = vecs.cosine(0)
     torch.testing.assert_close(cos.diagonal(), torch.ones(160))
+
+
+def test_group_score_equals_its_definition():
+    """The O(n d) formula against the mean of the cosine matrix over same / different pairs."""
+    gen = torch.Generator().manual_seed(2)
+    vecs = made_vectors(lambda x, a1, a2, label: torch.randn(256, generator=gen) + DIRECTIONS[a1], keys=range(30, 36))
+    cos, groups = vecs.cosine(0), vecs.prompts.anchor1
+    same = groups[:, None] == groups[None, :]
+    off_diagonal = ~torch.eye(len(groups), dtype=torch.bool)
+    expected = cos[same & off_diagonal].mean() - cos[~same].mean()
+    assert vecs.group_score(0, groups) == pytest.approx(expected.item(), abs=1e-5)
+    keep = vecs.prompts.key < 33
+    sub = cos[keep][:, keep]
+    same, off_diagonal = same[keep][:, keep], off_diagonal[keep][:, keep]
+    assert vecs.group_score(0, groups, keep) == pytest.approx((sub[same & off_diagonal].mean() - sub[~same].mean()).item(), abs=1e-5)
+
+
+def test_select_keeps_prompts_and_vectors_together():
+    vecs = made_vectors(lambda x, a1, a2, label: DIRECTIONS[label], keys=range(30, 34))
+    keep = vecs.prompts.key == 31
+    sub = vecs.select(keep)
+    assert len(sub.prompts) == 16 and (sub.prompts.key == 31).all()
+    torch.testing.assert_close(sub.vectors, vecs.vectors[:, keep])

@@ -1,0 +1,146 @@
+"""`anchor-interp report`: one self-contained HTML file whose every figure draws in a real
+(headless, offline) Chromium, the classification table on stdout, clear errors."""
+
+import contextlib
+import dataclasses
+import io
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import plotly.graph_objects as go
+import pytest
+
+import probes
+from interp import report
+from interp.cli import main
+from models import hooked
+from models.sweep import SweepSpec, SweepStore
+
+TINY = dict(d_model=16, d_head=8, d_mlp=32)
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+FIGURE_DIV = re.compile(r'<div id="[^"]+" class="plotly-graph-div"')
+
+
+def run_cli(*argv: str) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(list(argv))
+    return code, out.getvalue(), err.getvalue()
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory) -> list[str]:
+    folder = tmp_path_factory.mktemp("zoo")
+    paths = []
+    for name, gamma in (("small-init", 1.0), ("large-init", 0.3)):
+        model = hooked.build(gamma, seed=0, **TINY)
+        paths.append(str(hooked.save(model, folder / name, {"seed": 0}, hooked.hooked_config(**TINY))))
+    return paths
+
+
+@pytest.fixture(scope="module")
+def sweep_db(tmp_path_factory) -> str:
+    """A two-cell sweep database with recorded outcomes (no training)."""
+    db = tmp_path_factory.mktemp("sweep") / "phase.db"
+    spec = SweepSpec.parse(["gamma=0.5,0.8"], ["d_model=16", "d_head=8"])
+    store = SweepStore.create(db, spec, spec.cells())
+    for cell, (inferential, symmetric) in zip(spec.cells(), [(0.1, 0.8), (0.9, 0.05)]):
+        metrics = dict(label="symmetric" if symmetric > inferential else "inferential", seen_test_keys=1.0,
+                       inferential_test_keys=inferential, symmetric_test_keys=symmetric)
+        store.record_done(cell.id, dict(metrics=metrics, steps=1, stopped_early=False, train_seconds=1.0, wall_seconds=1.0,
+                                        threads=1, worker="test", versions={}, checkpoint=None))
+    store.close()
+    return str(db)
+
+
+@pytest.fixture(scope="module")
+def built(checkpoints, sweep_db, tmp_path_factory):
+    """The report of two tiny models and a sweep, through the CLI; the analyses it made are
+    kept (by a spy on report.analyze) for the tests to compare with."""
+    out = tmp_path_factory.mktemp("report") / "report.html"
+    analyses = []
+    analyze = report.analyze
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(report, "analyze", lambda *args, **kwargs: analyses.append(analyze(*args, **kwargs)) or analyses[-1])
+        code, stdout, stderr = run_cli("report", *checkpoints, sweep_db, "--out", str(out), "--flow-prompts", "300", "--no-probes", "--quiet")
+    assert code == 0, stderr
+    return out, stdout, analyses
+
+
+def render_in_chromium(page: Path, profile: Path) -> str:
+    """The page's DOM after its scripts ran, from headless Chromium with the network off."""
+    exe = shutil.which("chromium") or shutil.which("chromium-browser")
+    if exe is None:
+        pytest.fail("chromium is not installed; install it with: apt-get install -y chromium")
+    result = subprocess.run([exe, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--virtual-time-budget=30000", "--dump-dom", page.as_uri()],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return result.stdout
+
+
+def test_report_prints_the_classification_table(built, checkpoints):
+    _, stdout, _ = built
+    lines = stdout.splitlines()
+    assert all(path in lines[0] for path in checkpoints)
+    rows = {line.split("  ")[0] for line in lines[1:]}
+    assert {"solution", "seen pairs, test keys", "(4,3) inferential x-10, test keys", "route (value-weighted flow)"} <= rows
+    assert lines[-1].startswith("report written to")
+
+
+def test_report_is_one_self_contained_file(built):
+    out, _, analyses = built
+    page = out.read_text()
+    assert page.count("plotly.js v") == 1  # plotly.js inlined once, shared by every figure
+    assert not re.search(r"<script[^>]+src=", page) and not re.search(r"<link[^>]+href=[\"']http", page)
+    per_model = [sum(isinstance(content, go.Figure) for _, content in report.sections(a)) for a in analyses]
+    assert len(FIGURE_DIV.findall(page)) == sum(per_model) + 3  # both models side by side, then the sweep's 3 sections
+    assert "Sweep" in page and "Phase diagram" in page
+    assert oct(out.stat().st_mode & 0o777) == "0o644"
+
+
+def test_every_figure_draws_in_headless_chromium(built, tmp_path):
+    out, _, _ = built
+    n_figures = len(FIGURE_DIV.findall(out.read_text()))
+    dom = render_in_chromium(out, tmp_path / "profile")
+    drawn = dom.count('class="plotly-graph-div js-plotly-plot"')  # plotly adds js-plotly-plot once it drew
+    assert drawn == n_figures, f"{drawn} of {n_figures} figures drew"
+    assert dom.count('class="main-svg"') >= 2 * n_figures
+
+
+def test_probe_sections_line_up_side_by_side(built, monkeypatch):
+    def report_sections(name, model, task):
+        return [(f"{name}: composition test", go.Figure(go.Bar(y=[1, 2])))]
+
+    monkeypatch.setattr(probes, "report_sections", report_sections, raising=False)
+    model = hooked.build(0.5, seed=0, **TINY)
+    analyses = [dataclasses.replace(a, probe_sections=report._probe_sections(a.name, model, a.task)) for a in built[2]]
+    page = report.render_html(analyses)
+    assert page.count("<h2>Causal probes: composition test</h2>") == 1  # one row, a cell per model
+    assert len(FIGURE_DIV.findall(page)) == len(FIGURE_DIV.findall(report.render_html(built[2]))) + 2
+
+
+def test_no_argument_means_both_shipped_models():
+    assert report.report_targets([]) == (["inferential", "symmetric"], [])
+    assert report.report_targets(["runs/a.db", "my-model"]) == (["my-model"], ["runs/a.db"])
+    assert report.report_targets(["runs/a.db"]) == (["inferential", "symmetric"], ["runs/a.db"])
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["no-such-model"], "no checkpoint folder at 'no-such-model'"),
+        (["--flow-prompts", "0"], "--flow-prompts must be >= 1"),
+    ],
+)
+def test_bad_arguments_give_one_line_errors(argv, message, tmp_path):
+    code, _, stderr = run_cli("report", *argv, "--out", str(tmp_path / "r.html"), "--quiet")
+    assert code == 2 and message in stderr and len(stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "r.html").exists()
+
+
+def test_missing_sweep_database_is_refused(checkpoints, tmp_path):
+    code, _, stderr = run_cli("report", checkpoints[0], str(tmp_path / "none.db"), "--out", str(tmp_path / "r.html"), "--quiet")
+    assert code == 2 and "no sweep database at" in stderr
