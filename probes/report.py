@@ -47,22 +47,27 @@ def run_probe(
     raise ValueError(f"unknown probe {name!r}; known: {', '.join(PROBES)}")
 
 
-def report_sections(name: str, model: HookedTransformer, task: AnchorTask = AnchorTask(), n: int = 256) -> list[tuple[str, go.Figure]]:
+REPORT_PATCH_KINDS = ("resid_pre", "attn_out", "mlp_out")  # per head too would double the time for 1-head models
+REPORT_ABLATION_KINDS = ("z", "mlp_out")
+
+
+def report_sections(name: str, model: HookedTransformer, task: AnchorTask = AnchorTask(), n: int = 200) -> list[tuple[str, go.Figure]]:
     """The causal probes of one model as (section title, figure): the composition test, the
     order probe, patching of the key (which route the key takes to the last position) and
-    a mean-ablation sweep. A probe undefined for this model (e.g. the order probe on a
-    model that answers x-6 on (4,3) already) gets a figure saying why."""
+    a mean-ablation sweep of every head and MLP, sized to take a few seconds. A probe
+    undefined for this model (e.g. the order probe on a model that answers x-6 on (4,3)
+    already) gets a figure saying why."""
+    key_route = "key route: clean key patched into a changed key"
     probes = [
         ("composition test", lambda: composition_test(model, task, n, progress=False)),
-        ("order probe: (3,4) patched into (4,3)", lambda: order_probe(model, task, n, progress=False)),
-        ("key route: patching a changed key", lambda: patch_sweep(model, make_pairs(task, "change_key", n), title="key route: clean key patched into a changed key", progress=False)),
-        ("mean-ablation sweep", lambda: ablation_sweep(model, task, "mean", n=n, progress=False)),
+        ("order probe: (3,4) patched into (4,3)", lambda: order_probe(model, task, n, kinds=REPORT_PATCH_KINDS, progress=False)),
+        ("key route", lambda: patch_sweep(model, make_pairs(task, "change_key", n), REPORT_PATCH_KINDS, title=key_route, progress=False)),
+        ("mean-ablation sweep", lambda: ablation_sweep(model, task, "mean", REPORT_ABLATION_KINDS, n=n // 2, progress=False)),
     ]
     sections = []
     for title, run in probes:
         try:
-            result = run()
-            figure = result.figure()
+            figure = run().figure()
             figure.update_layout(title_text=f"{name}: {figure.layout.title.text}")
         except ValueError as err:
             figure = notice(f"{name}: {title}", f"undefined for this model:<br>{err}")

@@ -80,3 +80,18 @@ def test_undefined_and_unknown_are_refused():
     result = composition_test(composer(), TASK, n=4, progress=False)
     with pytest.raises(ValueError, match="unknown outcome 'copied'"):
         result.fraction("copied")
+
+
+def test_report_sections_show_every_probe_and_say_when_one_is_undefined():
+    import plotly.graph_objects as go
+
+    from probes import report_sections
+
+    for name, make in (("composer", composer), ("lookup", lookup)):
+        sections = report_sections(name, make(), TASK, n=16)
+        titles = [title for title, _ in sections]
+        assert titles == [f"{name}: composition test", f"{name}: order probe: (3,4) patched into (4,3)", f"{name}: key route", f"{name}: mean-ablation sweep"]
+        assert all(isinstance(figure, go.Figure) and figure.layout.title.text.startswith(name) for _, figure in sections)
+        order = sections[1][1]
+        undefined = "undefined for this model" in str(order.layout.annotations)
+        assert undefined == (name == "lookup")  # the lookup model answers x-6 on (4,3) already
