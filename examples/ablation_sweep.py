@@ -2,24 +2,21 @@
 (or zero / resample) every head x layer x position, one at a time, on both shipped models,
 and show seen-pair accuracy and (4,3) inferential / symmetric accuracy as one heatmap.
 
-    python examples/ablation_sweep.py [--models inferential symmetric] [--kind mean] [--out out/probes]
+    python examples/ablation_sweep.py [MODEL ...]     (default: both shipped models; figures in out/probes/)
 """
 
-import argparse
+import sys
 from pathlib import Path
 
 import models
 import probes
 from probes.figures import write_html
 
-parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-parser.add_argument("--models", nargs="+", default=["inferential", "symmetric"], help="shipped names or checkpoint folders")
-parser.add_argument("--kind", default="mean", choices=probes.ABLATIONS)
-parser.add_argument("--out", default="out/probes", help="folder for the HTML figures")
-args = parser.parse_args()
+OUT = Path("out/probes")
+KIND = "mean"  # or "zero", "resample" (probes.ABLATIONS)
 
-for name in args.models:
+for name in sys.argv[1:] or ["inferential", "symmetric"]:
     model, task = models.load(name), models.hooked.task_of(name)
-    sweep = probes.ablation_sweep(model, task, args.kind, n=512)
+    sweep = probes.ablation_sweep(model, task, KIND, n=512)
     print(f"{name}: {sweep.summary()}")
-    print(f"  written {write_html(sweep.figure(), Path(args.out) / f'ablation_{args.kind}_{Path(name).name}.html')}")
+    print(f"  written {write_html(sweep.figure(), OUT / f'ablation_{KIND}_{Path(name).name}.html')}")
