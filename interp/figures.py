@@ -182,3 +182,19 @@ def spectra_figure(spectra: Spectra, title: str = "Singular values / largest (st
         fig.add_trace(go.Scatter(y=(s / s[0]).tolist(), mode="lines", name=f"{name} ({ranks[name]:.1f})"))
     fig.update_layout(yaxis_type="log", xaxis_title="index", yaxis_title="sigma_i / sigma_max")
     return _layout(fig, title, height=420)
+
+
+def circuitsvis_html(flow: Flow, title: str = "") -> str:
+    """A whole HTML page with circuitsvis' interactive attention view of every head of every
+    layer. circuitsvis' `local_src` inlines its bundled dist/cdn/iife.js (no CDN link), so
+    the page renders offline."""
+    import html
+
+    import circuitsvis as cv
+    import einops
+
+    heads = einops.rearrange(flow.attention, "layer head dst src -> (layer head) dst src")
+    names = [f"L{layer}H{head}" for layer in range(flow.n_layers) for head in range(flow.n_heads)]
+    tokens = [f"{t} ({role})" for t, role in zip(flow.tokens.tolist(), flow.roles)]
+    view = cv.attention.attention_heads(attention=heads, tokens=tokens, attention_head_names=names)
+    return f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title></head><body><h3>{html.escape(title)}</h3>{view.local_src}</body></html>"

@@ -199,29 +199,41 @@ def _content_html(content: Content) -> str:
     return content
 
 
+def side_by_side(title: str, cells: Sequence[tuple[str, Content]]) -> str:
+    """One section: a heading, then one cell per (name, content) in a row."""
+    row = "".join(f"<div class='cell'><h3>{html.escape(name)}</h3>{_content_html(content)}</div>" for name, content in cells)
+    return f"<h2>{html.escape(title)}</h2><div class='row'>{row}</div>"
+
+
+def page(title: str, body: Sequence[str]) -> str:
+    """A whole page: plotly.js once in the head, so every figure below shares it offline."""
+    return (
+        "<!DOCTYPE html><html><head><meta charset='utf-8'>"
+        f"<title>{html.escape(title)}</title><style>{_STYLE}</style>"
+        f"<script type='text/javascript'>{get_plotlyjs()}</script></head><body>"
+        f"<h1>{html.escape(title)}</h1>" + "\n".join(body) + "</body></html>"
+    )
+
+
 def render_html(analyses: Sequence[ModelAnalysis], sweep: Sequence[tuple[str, list[tuple[str, go.Figure]]]] = ()) -> str:
-    """The page: plotly.js once in the head, then the table and every section, models side
-    by side (sections only some models have leave an empty cell)."""
+    """The report: the table, then every section with the models side by side (a section
+    only some models have leaves the others' cells empty), then the sweeps."""
     body = []
     if analyses:
         body += ["<h2>Classification and summary</h2>", _table_html(classification_table(analyses))]
         per_model = [dict(sections(a)) for a in analyses]
-        titles = list(dict.fromkeys(t for s in per_model for t in s))
-        for title in titles:
-            cells = "".join(
-                f"<div class='cell'><h3>{html.escape(a.name)}</h3>{_content_html(s[title]) if title in s else ''}</div>" for a, s in zip(analyses, per_model)
-            )
-            body.append(f"<h2>{html.escape(title)}</h2><div class='row'>{cells}</div>")
+        for title in dict.fromkeys(t for s in per_model for t in s):
+            body.append(side_by_side(title, [(a.name, s.get(title, "")) for a, s in zip(analyses, per_model)]))
     for db, figs in sweep:
         body.append(f"<h2>Sweep {html.escape(db)}</h2>")
         body += [f"<h3>{html.escape(title)}</h3>{_content_html(fig)}" for title, fig in figs]
-    names = ", ".join([a.name for a in analyses] + [db for db, _ in sweep])
-    return (
-        "<!DOCTYPE html><html><head><meta charset='utf-8'>"
-        f"<title>anchor-interp report: {html.escape(names)}</title><style>{_STYLE}</style>"
-        f"<script type='text/javascript'>{get_plotlyjs()}</script></head><body>"
-        f"<h1>anchor-interp report: {html.escape(names)}</h1>" + "\n".join(body) + "</body></html>"
-    )
+    return page("anchor-interp report: " + ", ".join([a.name for a in analyses] + [db for db, _ in sweep]), body)
+
+
+def write_page(path: str | os.PathLike, title: str, sections: Sequence[tuple[str, Sequence[tuple[str, Content]]]]) -> Path:
+    """A self-contained HTML file of (section title, [(name, figure), ...]) rows: what the
+    examples write."""
+    return write_atomic(path, page(title, [side_by_side(t, cells) for t, cells in sections]))
 
 
 def write_atomic(path: str | os.PathLike, text: str) -> Path:

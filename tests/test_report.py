@@ -144,3 +144,16 @@ def test_bad_arguments_give_one_line_errors(argv, message, tmp_path):
 def test_missing_sweep_database_is_refused(checkpoints, tmp_path):
     code, _, stderr = run_cli("report", checkpoints[0], str(tmp_path / "none.db"), "--out", str(tmp_path / "r.html"), "--quiet")
     assert code == 2 and "no sweep database at" in stderr
+
+
+def test_circuitsvis_page_renders_offline(checkpoints, tmp_path):
+    from interp.figures import circuitsvis_html
+    from interp.flow import trace_flow
+
+    flow = trace_flow(hooked.load(checkpoints[0]), "23 1 2 43 46 74 54 44 72")
+    page = report.write_atomic(tmp_path / "cv.html", circuitsvis_html(flow, "attention"))
+    text = page.read_text()
+    assert "unpkg.com" not in text and not re.search(r"<script[^>]+src=", text)  # its JavaScript is inlined
+    dom = render_in_chromium(page, tmp_path / "profile")
+    assert dom.count("<canvas") >= flow.n_layers * flow.n_heads  # one thumbnail per head (+ the zoomed one)
+    assert "L1H0" in dom
