@@ -28,6 +28,7 @@ from probes.solution import LABELS, UNFIT_THRESHOLD, label_of
 
 ACCURACIES = ("seen_test_keys", "inferential_test_keys", "symmetric_test_keys")
 PHASE_AXES = ("gamma", "n_layers", "seed", "lr")  # the diagram's axes, and what it averages or maximises over
+SHORT_LABELS = {"inferential": "inf", "symmetric": "sym", "other": "other", "unfit": "unfit"}
 LABEL_COLORS = {"inferential": "#1f77b4", "symmetric": "#ff7f0e", "other": "#b0b0b0", "unfit": "#4d4d4d"}
 UNFIT_SHADE = "rgba(60, 60, 60, 0.8)"
 
@@ -114,24 +115,26 @@ def phase_diagram_figure(phase: pd.DataFrame, title: str = "Phase diagram") -> g
     labels = matrix("label")
     unfit = np.where(labels == "unfit", 1.0, np.nan)
     y = [str(d) for d in depths]
-    fig = make_subplots(1, 3, subplot_titles=("symmetric accuracy on (4,3)", "inferential accuracy on (4,3)", "solution"), horizontal_spacing=0.06)
+    fig = make_subplots(1, 3, subplot_titles=("symmetric accuracy on (4,3)", "inferential accuracy on (4,3)", "solution (inf: inferential, sym: symmetric)"), horizontal_spacing=0.06)
     for col, column in ((1, "symmetric_test_keys"), (2, "inferential_test_keys")):
         z = matrix(column).astype(float)
         fig.add_trace(go.Heatmap(z=z, x=gammas, y=y, coloraxis="coloraxis", text=text_rows, hoverinfo="text",
                                  texttemplate="%{z:.2f}"), 1, col)
         fig.add_trace(go.Heatmap(z=unfit, x=gammas, y=y, colorscale=[[0, UNFIT_SHADE], [1, UNFIT_SHADE]], showscale=False,
-                                 hoverinfo="skip", texttemplate="unfit", text=labels, textfont=dict(color="white")), 1, col)
+                                 hoverinfo="skip", text=np.where(labels == "unfit", "unfit", ""), texttemplate="%{text}",
+                                 textfont=dict(color="white")), 1, col)
     codes = np.array([[LABELS.index(v) if isinstance(v, str) else np.nan for v in row] for row in labels], dtype=float)
     n = len(LABELS)
     scale = [[edge, LABEL_COLORS[name]] for i, name in enumerate(LABELS) for edge in (i / n, (i + 1) / n)]
     fig.add_trace(go.Heatmap(z=codes, x=gammas, y=y, zmin=-0.5, zmax=n - 0.5, colorscale=scale, showscale=False,
-                             text=[[v if isinstance(v, str) else "" for v in row] for row in labels], texttemplate="%{text}",
-                             customdata=text_rows, hovertemplate="%{customdata}<extra></extra>"), 1, 3)
+                             text=[[SHORT_LABELS.get(v, "") for v in row] for row in labels], texttemplate="%{text}",
+                             textfont=dict(size=11, color="white"), customdata=text_rows, hovertemplate="%{customdata}<extra></extra>"), 1, 3)
     for col in (1, 2, 3):
-        fig.update_xaxes(title_text="γ (embedding init std σ = d_model^-γ)", tickvals=gammas, ticktext=gamma_text, type="category", row=1, col=col)
+        fig.update_xaxes(title_text="γ (embedding init std σ = d_model^-γ)", tickvals=gammas, ticktext=gamma_text, tickangle=0, tickfont=dict(size=10),
+                         type="category", row=1, col=col)
         fig.update_yaxes(title_text="layers" if col == 1 else None, type="category", row=1, col=col)
     fig.update_layout(title=title, coloraxis=dict(colorscale="Viridis", cmin=0, cmax=1, colorbar=dict(title="acc", x=1.0)),
-                      height=260 + 50 * len(depths), width=1250)
+                      height=260 + 50 * len(depths), width=max(900, 1000 + 60 * len(gammas)))
     return fig
 
 
@@ -141,23 +144,27 @@ def accuracy_curves_figure(phase: pd.DataFrame, cells: pd.DataFrame, title: str 
     depths = sorted(phase["n_layers"].unique())
     gammas, gamma_text = _gamma_ticks(phase)
     chosen = cells.merge(phase[["gamma", "n_layers", "lr"]], on=["gamma", "n_layers", "lr"])  # seeds at the best lr
-    fig = make_subplots(1, len(depths), shared_yaxes=True, subplot_titles=[f"{d} layers" for d in depths], horizontal_spacing=0.03)
+    cols = min(3, len(depths))
+    rows = -(-len(depths) // cols)
+    fig = make_subplots(rows, cols, shared_yaxes=True, subplot_titles=[f"{d} layers" for d in depths], horizontal_spacing=0.03, vertical_spacing=0.2)
     series = (("inferential_test_keys", "(4,3) inferential", LABEL_COLORS["inferential"], "solid"),
               ("symmetric_test_keys", "(4,3) symmetric", LABEL_COLORS["symmetric"], "solid"),
               ("seen_test_keys", "seen pairs (test keys)", LABEL_COLORS["unfit"], "dot"))
-    for col, depth in enumerate(depths, start=1):
+    for i, depth in enumerate(depths):
+        row, col = i // cols + 1, i % cols + 1
         means = phase[phase["n_layers"] == depth].sort_values("gamma")
         seeds = chosen[chosen["n_layers"] == depth]
         for column, name, color, dash in series:
-            fig.add_trace(go.Scatter(x=means["gamma"], y=means[column], name=name, legendgroup=name, showlegend=col == 1,
-                                     mode="lines+markers", line=dict(color=color, dash=dash)), 1, col)
+            fig.add_trace(go.Scatter(x=means["gamma"], y=means[column], name=name, legendgroup=name, showlegend=i == 0,
+                                     mode="lines+markers", line=dict(color=color, dash=dash)), row, col)
             fig.add_trace(go.Scatter(x=seeds["gamma"], y=seeds[column], name=f"{name}, each seed", legendgroup=name, showlegend=False,
                                      mode="markers", marker=dict(color=color, size=6, opacity=0.45),
-                                     customdata=seeds["seed"], hovertemplate="γ %{x}, seed %{customdata}: %{y:.2f}<extra></extra>"), 1, col)
-        fig.add_hline(y=UNFIT_THRESHOLD, line=dict(color="grey", width=1, dash="dash"), row=1, col=col)
-        fig.update_xaxes(title_text="γ (σ)", tickvals=[float(g) for g in gammas], ticktext=gamma_text, row=1, col=col)
-    fig.update_yaxes(title_text="accuracy", range=[-0.03, 1.03], row=1, col=1)
-    fig.update_layout(title=title + " (dashed: the fit threshold below which a model is unfit)", height=420, width=max(600, 330 * len(depths)))
+                                     customdata=seeds["seed"], hovertemplate="γ %{x}, seed %{customdata}: %{y:.2f}<extra></extra>"), row, col)
+        fig.add_hline(y=UNFIT_THRESHOLD, line=dict(color="grey", width=1, dash="dash"), row=row, col=col)
+        fig.update_xaxes(title_text="γ (σ)", tickvals=[float(g) for g in gammas], ticktext=gamma_text, tickangle=0, tickfont=dict(size=10), row=row, col=col)
+    fig.update_yaxes(range=[-0.03, 1.03])
+    fig.update_yaxes(title_text="accuracy", col=1)
+    fig.update_layout(title=title + " (dashed: the fit threshold below which a model is unfit)", height=80 + 340 * rows, width=max(700, 250 + cols * (100 + 45 * len(gammas))))
     return fig
 
 
@@ -179,7 +186,7 @@ def status_figure(meta: dict[str, Any], rows: list[dict[str, Any]]) -> go.Figure
         facts[f"cell {r['id']} failed"] = f"{r['params']}: {(r['error'] or '').strip().splitlines()[-1] if r['error'] else ''}"
     fig = go.Figure(go.Table(header=dict(values=["sweep", ""], align="left"),
                              cells=dict(values=[list(facts), list(facts.values())], align="left"), columnwidth=[1, 5]))
-    fig.update_layout(title="Sweep", height=120 + 32 * len(facts), margin=dict(t=40, b=10))
+    fig.update_layout(title="Sweep", height=90 + 30 * len(facts), margin=dict(t=40, b=10))
     return fig
 
 
@@ -194,8 +201,8 @@ def sweep_sections(db_path: str | os.PathLike) -> list[tuple[str, go.Figure]]:
         return sections
     phase = phase_table(cells, facets)
     cell_groups = dict(facet_groups(cells, facets))
-    lr_note = " (best of learning rates)" if cells["lr"].nunique() > 1 else ""
+    lr_note = f" over {cells['seed'].nunique()} seeds" + (", best of learning rates" if cells["lr"].nunique() > 1 else "")
     for suffix, group in facet_groups(phase, facets):
-        sections.append((f"Phase diagram{suffix}", phase_diagram_figure(group, f"Phase diagram{suffix}: seed means{lr_note}")))
+        sections.append((f"Phase diagram{suffix}", phase_diagram_figure(group, f"Phase diagram{suffix}: means{lr_note}")))
         sections.append((f"Accuracy vs gamma{suffix}", accuracy_curves_figure(group, cell_groups[suffix], f"Accuracy vs γ{suffix}")))
     return sections

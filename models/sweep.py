@@ -725,6 +725,8 @@ def _schedule(store: SweepStore, pool, cells: dict[int, Cell], todo: deque, cell
     true), record each result as it arrives, and show one progress bar."""
     in_flight: dict[cf.Future, int] = {}
     bar = tqdm(total=summary.total, initial=summary.done, unit="cell", desc=f"sweep ({pool.name})", disable=not progress, dynamic_ncols=True)
+    interactive = progress and getattr(bar.fp, "isatty", lambda: False)()
+    shown = ""
     try:
         while todo or in_flight:
             while todo and len(in_flight) < pool.capacity:
@@ -732,7 +734,10 @@ def _schedule(store: SweepStore, pool, cells: dict[int, Cell], todo: deque, cell
                 store.mark_running(cell_id)
                 checkpoint = str(ckpt_dir / f"cell-{cell_id}") if ckpt_dir else None
                 in_flight[pool.submit(cell_fn, cells[cell_id], checkpoint)] = cell_id
-            bar.set_postfix(running=len(in_flight), failed=summary.failed, refresh=True)
+            if shown != (postfix := f"running={len(in_flight)}, failed={summary.failed}"):
+                bar.set_postfix_str(shown := postfix)
+            elif interactive:  # tick the clock; a log file gets a line per change only
+                bar.refresh()
             finished, _ = cf.wait(in_flight, timeout=1.0, return_when=cf.FIRST_COMPLETED)
             for future in finished:
                 cell_id = in_flight.pop(future)
@@ -749,7 +754,7 @@ def _schedule(store: SweepStore, pool, cells: dict[int, Cell], todo: deque, cell
                     bar.write(f"cell {cell_id} {cells[cell_id].params} failed: {summary.errors[cell_id]}")
                 summary.ran += 1
                 bar.update(1)
-        bar.set_postfix(running=0, failed=summary.failed)
+        bar.set_postfix_str(f"running=0, failed={summary.failed}")
     finally:
         bar.close()
 

@@ -66,7 +66,7 @@ def test_the_shipped_default_grid():
     cells = spec.cells()
     assert list(spec.grid)[0] == "seed"  # seeds outermost: a half-done sweep is a whole diagram
     assert set(spec.grid["gamma"]) >= {0.3, 0.5, 0.8, 1.0} and len(spec.grid["n_layers"]) >= 2
-    assert len(cells) == 48 and spec.fixed == {}
+    assert len(cells) == 32 and spec.fixed == {}  # sized to about an hour on 2 cores
 
 
 @pytest.mark.parametrize(
@@ -243,6 +243,9 @@ def test_cli_refuses_bad_input_in_one_line(tmp_path, capsys, monkeypatch):
     assert "is not a sweep database" in cli_error(capsys, "--db", str(not_ours), "--resume")
     assert "no sweep database at" in cli_error(capsys, "--db", str(tmp_path / "none.db"), "--resume")
 
+    assert cli.main(["sweep", "--spec", "default", "--db", str(tmp_path / "d.db"), "--dry-run"]) == 0
+    assert "32 cells: seed [0, 1] x n_layers" in capsys.readouterr().out and not (tmp_path / "d.db").exists()
+
     monkeypatch.setitem(sys.modules, "ray", None)  # as if Ray were not installed
     assert "pip install 'anchor-interp[ray]'" in cli_error(capsys, "--db", str(tmp_path / "r.db"), "--executor", "ray", "--grid", "gamma=0.5", *[a for s in TINY for a in ("--set", s)])
 
@@ -250,6 +253,19 @@ def test_cli_refuses_bad_input_in_one_line(tmp_path, capsys, monkeypatch):
 def cli_error(capsys, *argv: str) -> str:
     assert cli.main(["sweep", *argv]) == 2
     return capsys.readouterr().err
+
+
+def test_resume_refuses_a_database_made_with_other_training_defaults(tmp_path):
+    import dataclasses
+
+    db = tmp_path / "old.db"
+    spec = tiny_spec("gamma=0.3,0.8")
+    # As if TrainConfig's default lr had been 1e-3 when this sweep started.
+    old_cells = [dataclasses.replace(c, config=dataclasses.replace(c.config, lr=1e-3)) for c in spec.cells()]
+    SweepStore.create(db, spec, old_cells).close()
+    with pytest.raises(ValueError, match=r"the training defaults changed since it started \(cell 0: lr 0.001 -> 0.0003\)"):
+        run_sweep(spec, db, resume=True, progress=False)
+    assert [c.config.lr for c in SweepStore(db).cells()] == [1e-3, 1e-3]  # resuming without a grid keeps its own
 
 
 def test_a_second_live_sweep_on_the_same_database_is_refused(tmp_path):
@@ -313,7 +329,7 @@ def test_phase_diagram_from_a_small_database(tmp_path):
     assert list(sym.x) == ["0.3", "0.5", "0.8"] and list(sym.y) == ["2", "3"]
     assert sym.z[1][1] == pytest.approx(0.85) and inf.z[0][2] == pytest.approx(0.8)
     assert sym_unfit.z[0][0] == 1 and sym_unfit.z[0][1] != sym_unfit.z[0][1]  # shaded where unfit only (NaN elsewhere)
-    assert label.text[0] == ["unfit", "symmetric", "inferential"] and label.text[1][2] == ""
+    assert list(label.text[0]) == ["unfit", "sym", "inf"] and label.text[1][2] == ""
     assert "σ 0.29" in diagram.layout.xaxis.ticktext[0]  # 64^-0.3
     curves = sections[2][1]
     seed_dots = [t for t in curves.data if t.mode == "markers" and t.name.startswith("(4,3) inferential")]

@@ -1,0 +1,123 @@
+"""Sweep throughput on this machine, measured side by side in one run, on tiny cells.
+
+(a) the local executor (one worker per core, one torch thread each) against the same cells
+    run one after another in this process, with 1 torch thread and with one per core:
+    ratio = the faster sequential time / pool time (target >= 0.9: the pool loses nothing;
+    > 1: it gains). On a busy machine, one thread per core can be far slower than one
+    thread (threads wait for each other at every op): both are recorded;
+(b) Ray on a local instance against the local executor: per-cell overhead and ratio.
+
+Cold runs pay one-off start-up (the pool's fork server and Ray's workers import torch and
+TransformerLens once); warm runs, repeated in rounds, are what a long sweep sees.
+
+    python bench/sweep_speed.py [--cells 8] [--steps 300] [--rounds 2] [--skip-ray]
+
+Writes bench/results/sweep_speed.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from models.sweep import SweepSpec, available_cores, run_cell, run_sweep
+
+RESULTS = Path(__file__).parent / "results" / "sweep_speed.json"
+
+
+def tiny_spec(n_cells: int, steps: int) -> SweepSpec:
+    return SweepSpec.parse(
+        [f"seed={','.join(map(str, range(n_cells)))}"],
+        ["gamma=0.8", "d_model=32", "d_head=16", "d_mlp=96", "batch_size=128", f"max_steps={steps}",
+         "warmup_steps=10", f"eval_every={steps}", "early_stop=False"],
+    )
+
+
+def time_sequential(spec: SweepSpec, threads: int) -> float:
+    before = torch.get_num_threads()
+    start = time.perf_counter()
+    for cell in spec.cells():
+        run_cell(cell, threads)
+    torch.set_num_threads(before)
+    return time.perf_counter() - start
+
+
+def time_sweep(spec: SweepSpec, folder: Path, name: str, **executor) -> float:
+    start = time.perf_counter()
+    summary = run_sweep(spec, folder / f"{name}.db", progress=False, **executor)
+    assert summary.done == summary.total, f"{name}: {summary.errors}"
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cells", type=int, default=8)
+    parser.add_argument("--steps", type=int, default=300, help="training steps per cell")
+    parser.add_argument("--rounds", type=int, default=2, help="warm repetitions of each measurement")
+    parser.add_argument("--skip-ray", action="store_true")
+    args = parser.parse_args()
+
+    cores = available_cores()
+    spec = tiny_spec(args.cells, args.steps)
+    pool = dict(executor="local", workers=cores, threads=1)
+    out: dict = {"cells": args.cells, "steps_per_cell": args.steps, "cores": cores, "cell": "d_model 32, 2 layers, batch 128",
+                 "load_average_before": os.getloadavg()[0], "torch": torch.__version__, "machine": platform.machine()}
+    times: dict[str, list[float]] = {"sequential_1_thread": [], f"sequential_{cores}_threads": [], "local": [], "ray": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        out["local_cold_seconds"] = time_sweep(spec, folder, "local-cold", **pool)
+        ray = None
+        if not args.skip_ray:
+            import ray
+
+            start = time.perf_counter()
+            ray.init(num_cpus=cores, include_dashboard=False, log_to_driver=False, configure_logging=False)
+            out["ray_init_seconds"] = time.perf_counter() - start
+            out["ray_cold_seconds"] = time_sweep(spec, folder, "ray-cold", executor="ray", threads=1)
+        for r in range(args.rounds):  # interleaved, so machine noise hits all alike
+            times["sequential_1_thread"].append(time_sequential(spec, threads=1))
+            if cores > 1:
+                times[f"sequential_{cores}_threads"].append(time_sequential(spec, threads=cores))
+            times["local"].append(time_sweep(spec, folder, f"local-{r}", **pool))
+            if ray:
+                times["ray"].append(time_sweep(spec, folder, f"ray-{r}", executor="ray", threads=1))
+            print(f"round {r}: " + ", ".join(f"{k} {v[-1]:.1f} s" for k, v in times.items() if v))
+        if ray:
+            ray.shutdown()
+
+    seq = min(statistics.median(v) for k, v in times.items() if k.startswith("sequential") and v)
+    local = statistics.median(times["local"])
+    out.update(
+        seconds={k: v for k, v in times.items() if v},
+        sequential_seconds_per_cell=seq / args.cells,
+        local_seconds_per_cell=local / args.cells,
+        local_vs_sequential_throughput=seq / local,
+        local_cold_vs_sequential_throughput=seq / out["local_cold_seconds"],
+    )
+    if times["ray"]:
+        ray_time = statistics.median(times["ray"])
+        out.update(ray_seconds_per_cell=ray_time / args.cells, ray_overhead_seconds_per_cell=(ray_time - local) / args.cells,
+                   ray_vs_local_throughput=local / ray_time)
+    out["load_average_after"] = os.getloadavg()[0]
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    tmp_file = RESULTS.with_suffix(".tmp")
+    tmp_file.write_text(json.dumps(out, indent=2) + "\n")
+    os.replace(tmp_file, RESULTS)
+    print(f"local pool vs sequential: {out['local_vs_sequential_throughput']:.2f}x throughput warm, "
+          f"{out['local_cold_vs_sequential_throughput']:.2f}x with its start-up (target >= 0.9)")
+    if times["ray"]:
+        print(f"ray vs local pool: {out['ray_vs_local_throughput']:.2f}x throughput, overhead {out['ray_overhead_seconds_per_cell']:+.2f} s per cell "
+              f"(ray.init {out['ray_init_seconds']:.1f} s, cold sweep {out['ray_cold_seconds']:.1f} s)")
+    print(f"wrote {RESULTS}")
+
+
+if __name__ == "__main__":
+    main()
