@@ -34,11 +34,17 @@ uniform causal attention (`uniform_flow`), and only the EXCESS counts. With one 
   and larger than its excess from the key; it READS THE KEY in the opposite case;
 - the anchors are FUSED at the last position if its excess from each anchor is >= t/2
   (or at anchor2 if anchor2 has an edge from anchor1).
-Route names: "inferential" (the paper's Fig. 3a, composition) if the key goes into the
-anchors in some layer and the last position reads the anchors in a later one; "symmetric"
-(lookup) if the anchors are fused at the last position in some layer and the last position
-reads the key directly in a later one; "mixed" if both hold, "other" if neither. Layers after the decisive ones can do anything, so deeper models are
-named by the same rule.
+The last position "gets the key" in layer l if it reads the key, or reads the anchors after
+the key went into them in an earlier layer (their positions then carry the key).
+Route names:
+- "inferential" (the paper's Fig. 3a, composition): the key goes into the anchors in some
+  layer l1 and the last position reads the anchors in a later layer l2, the anchors not
+  being fused at the last position before l2 (so they reach it only after meeting the key);
+- "symmetric" (lookup): the anchors are fused at the last position in some layer l1 and the
+  last position gets the key in a later layer l2 (the pair is looked up as an unordered
+  bag, then the key);
+- "mixed" if both hold, "other" if neither. Layers around the decisive ones can do
+  anything, so deeper models are named by the same rule.
 """
 
 from __future__ import annotations
@@ -374,9 +380,9 @@ def route_of(
 
 def _route_name(layers: list[LayerRoute]) -> str:
     into_anchors = [i for i, l in enumerate(layers) if {"anchor1", "anchor2"} & set(l.key_into)]
-    reads_anchors = [i for i, l in enumerate(layers) if l.last_reads == "anchors"]
-    reads_key = [i for i, l in enumerate(layers) if l.last_reads == "key"]
     fused_at_last = [i for i, l in enumerate(layers) if l.fused_at == "last"]
-    inferential = bool(into_anchors) and any(i > into_anchors[0] for i in reads_anchors)
-    symmetric = bool(fused_at_last) and any(i > fused_at_last[0] for i in reads_key)
+    reads_anchors = [i for i, l in enumerate(layers) if l.last_reads == "anchors"]
+    gets_key = [i for i, l in enumerate(layers) if l.last_reads == "key" or (l.last_reads == "anchors" and into_anchors and into_anchors[0] < i)]
+    inferential = any(into_anchors[0] < i and not any(f < i for f in fused_at_last) for i in reads_anchors) if into_anchors else False
+    symmetric = any(fused_at_last[0] < i for i in gets_key) if fused_at_last else False
     return {(True, True): "mixed", (True, False): "inferential", (False, True): "symmetric"}.get((inferential, symmetric), "other")

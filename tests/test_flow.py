@@ -18,6 +18,8 @@ from interp.flow import (
     uniform_role_flow,
     value_weighted,
 )
+from handmade import TASK as HANDMADE_TASK
+from handmade import composer, lookup
 from models import hooked
 from models.task import AnchorTask
 
@@ -171,7 +173,27 @@ def test_route_in_a_deeper_model_and_other_routes():
     assert routed_flows([{}, {"anchor1": "key"}, {}, {"last": "anchor1+anchor2"}]).route().name == "inferential"
     assert routed_flows([{"last": "key"}, {"last": "anchor1+anchor2"}]).route().name == "other"
     assert routed_flows([{}, {}]).route().name == "other"
-    assert routed_flows([{"anchor1": "key", "last": "anchor1+anchor2"}, {"last": "key"}, {"last": "anchor1+anchor2"}]).route().name == "mixed"
+    # Key into the anchors; then anchors fused at the last position, which gets the key later too.
+    assert routed_flows([{"anchor1": "key"}, {"last": "anchor1+anchor2"}, {"last": "key"}]).route().name == "mixed"
+
+
+def test_anchors_at_the_last_position_before_the_key_make_a_lookup():
+    """Bag the anchors at the last position first, copy the key into anchor1, then read it
+    from there: the key reaches the last position through anchor1's position, but the pair
+    was already fused without it: symmetric, not inferential."""
+    route = routed_flows([{"last": "anchor1+anchor2", "anchor1": "key"}, {"last": "anchor1"}]).route()
+    assert route.name == "symmetric"
+
+
+@pytest.mark.parametrize("build, expected", [(composer, "inferential"), (lookup, "symmetric")])
+def test_route_of_hand_wired_models(build, expected):
+    """tests/handmade.py wires a composer and a lookup by hand (see its docstring)."""
+    prompts = HANDMADE_TASK.sample(500, torch.Generator().manual_seed(0), pairs=HANDMADE_TASK.pairs, keys="any")
+    flows = trace_flows(build(), prompts, HANDMADE_TASK)
+    assert flows.route().name == expected
+    # Key position 0: anchor1 has two positions to read, so the lookup's half-and-half
+    # attention there equals uniform attention and carries no evidence either way.
+    assert {r.name for p, r in flows.routes_by_key_position().items() if p > 0} == {expected}
 
 
 def test_uniform_attention_has_no_route():
