@@ -573,10 +573,7 @@ class RayExecutor:
     name = "ray"
 
     def __init__(self, workers: int | None, threads: int, address: str | None):
-        try:
-            import ray
-        except ImportError:
-            raise ValueError(RAY_INSTALL) from None
+        ray = import_ray()
         self.ray, self.threads = ray, threads
         self._started = not ray.is_initialized()
         if self._started:
@@ -610,6 +607,14 @@ class RayExecutor:
             self.ray.shutdown()
 
 
+def import_ray():
+    try:
+        import ray
+    except ImportError:
+        raise ValueError(RAY_INSTALL) from None
+    return ray
+
+
 def _ray_cell(fn: CellFn, cell: Cell, threads: int, checkpoint: str | None) -> dict[str, Any]:
     return fn(cell, threads, checkpoint)
 
@@ -617,11 +622,7 @@ def _ray_cell(fn: CellFn, cell: Cell, threads: int, checkpoint: str | None) -> d
 def make_executor(kind: str, n_cells: int, workers: int | None = None, threads: int | None = None, address: str | None = None):
     """The local pool sized to this machine (workers x threads = cores, no oversubscription)
     or Ray (one CPU per cell by default)."""
-    if workers is not None and workers < 1 or threads is not None and threads < 1:
-        raise ValueError(f"workers and threads must be >= 1, got workers={workers} threads={threads}")
     if kind == "local":
-        if address:
-            raise ValueError("--address is for --executor ray")
         cores = available_cores()
         workers = workers or max(1, min(cores, n_cells))
         return LocalExecutor(workers, threads or max(1, cores // workers))
@@ -691,6 +692,14 @@ def run_sweep(
 
     `cell_fn` is what a worker runs per cell (default: train + classify); it must be
     importable by the workers. Checkpoints, when kept, go to <db>.checkpoints/cell-<id>."""
+    if executor not in ("local", "ray"):
+        raise ValueError(f"unknown executor {executor!r}; choose local or ray")
+    if address and executor != "ray":
+        raise ValueError("--address is for --executor ray")
+    if workers is not None and workers < 1 or threads is not None and threads < 1:
+        raise ValueError(f"workers and threads must be >= 1, got workers={workers} threads={threads}")
+    if executor == "ray":
+        import_ray()  # before creating anything
     store = open_sweep(spec, db, resume, command)
     start = time.perf_counter()
     try:

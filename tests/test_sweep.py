@@ -248,6 +248,7 @@ def test_cli_refuses_bad_input_in_one_line(tmp_path, capsys, monkeypatch):
 
     monkeypatch.setitem(sys.modules, "ray", None)  # as if Ray were not installed
     assert "pip install 'anchor-interp[ray]'" in cli_error(capsys, "--db", str(tmp_path / "r.db"), "--executor", "ray", "--grid", "gamma=0.5", *[a for s in TINY for a in ("--set", s)])
+    assert not (tmp_path / "r.db").exists()  # refused before anything was written
 
 
 def cli_error(capsys, *argv: str) -> str:
