@@ -23,15 +23,20 @@ The trap pair (3,4) and the held-out pair (4,3) are left out of A, B and the rec
 pair (a1_A, a2_B), so every answer above is a trained one; only pairs that the model answers
 correctly (A and B) count.
 
-How to read it: `fraction("compositional")` per stream point (rows: the residual stream
-before and after each attention layer) x position (or role: key, a1, a2, last). A composing
-(inferential) model has a site where it is high: the first anchor's position once the key
-has reached it (after the first attention layer), and no site before it. At the embedding
-(resid_pre 0) the a1 site can only give anchor_only and the key site key_only; at the last
-position after the last layer everything is copied_a. A lookup (symmetric) model has no
-high site: the two anchors fuse at the last position first (pair_only there after the first
-attention layer), the key joins them later, and elsewhere a site carries the key or an
-anchor alone.
+Sites: the residual stream before and after each sublayer and what each sublayer wrote
+(attn_out: what attention moved INTO a position, without that position's own token). A
+prompt's whole residual stream at the second anchor's position also holds that anchor, so
+it can only copy A's answer; attention's output there isolates what came from elsewhere.
+
+How to read it: `fraction("compositional")` per site (rows) x position (or role: key, a1,
+a2, last, noise). A composing (inferential) model has a site where it is near 1: wherever
+the key and the first anchor meet without the second anchor. In the trained inferential
+model (2 layers, 1 head) it is what layer 0's attention writes into the second anchor's
+position (L0 attn_out @ a2: 0.99), where the key and a1 are gathered and a2's own token
+adds the second step; in the handmade composer of the tests it is the first anchor's
+position after layer 0. A lookup (symmetric) model has no such site: its anchors fuse,
+order-free, at the last position (pair_only there) and the key joins them afterwards, so
+every site carries the key alone, an anchor alone, the fused pair, or everything.
 """
 
 from __future__ import annotations
@@ -48,7 +53,7 @@ from models.hooked import HookedTransformer
 from models.task import AnchorTask, KeySplit
 from probes.figures import heatmaps
 from probes.patching import PromptPairs, sample_prompts, take
-from probes.sites import Site, by_role, cache_of, columns, last_logits_with, resid_pre_cache, stream_rows
+from probes.sites import Site, cache_of, columns, last_logits_with, resid_pre_cache
 
 OUTCOMES = ("compositional", "unchanged", "copied_a", "key_only", "anchor_only", "pair_only", "other")
 
@@ -154,6 +159,13 @@ class CompositionResult:
         )
 
 
+def composition_rows(model: HookedTransformer) -> list[Site]:
+    """The residual stream before and after each sublayer, and what each sublayer wrote
+    (attn_out: what attention moved into a position, without the position's own token)."""
+    rows = [Site(kind, layer) for layer in range(model.cfg.n_layers) for kind in ("resid_pre", "attn_out", "resid_mid", "mlp_out")]
+    return rows + [Site("resid_post", model.cfg.n_layers - 1)]
+
+
 def composition_test(
     model: HookedTransformer,
     task: AnchorTask = AnchorTask(),
@@ -174,7 +186,7 @@ def composition_test(
     pairs = pairs.subset(right)
     a, b = pairs.clean, pairs.corrupted
     predicted = _predictions(task, a.key, a.anchor1, a.anchor2, b.key, b.anchor1, b.anchor2)  # [outcome, pair]
-    rows = stream_rows(model)
+    rows = composition_rows(model)
     source = cache_of(model, a.tokens, {row.hook_name for row in rows})
     start = resid_pre_cache(model, b.tokens)
     n_pos = b.tokens.shape[1]

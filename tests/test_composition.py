@@ -28,10 +28,15 @@ def _table(result, outcome):
 
 def test_composer_carries_the_intermediate_at_the_first_anchor(composer_result):
     result = composer_result
-    assert [row.label for row in result.rows] == ["L0 resid_pre", "L0 resid_mid", "L1 resid_pre", "L1 resid_mid", "L1 resid_post"]
+    assert [row.label for row in result.rows] == [
+        "L0 resid_pre", "L0 attn_out", "L0 resid_mid", "L0 mlp_out", "L1 resid_pre", "L1 attn_out", "L1 resid_mid", "L1 mlp_out", "L1 resid_post",
+    ]
     compositional = _table(result, "compositional")
-    # Once layer 0's attention brought the key to a1, a1 holds y = g(x; a1): B answers g(y_A; a2_B).
+    # Once layer 0's attention brought the key to a1, a1 holds y = g(x; a1) (written by the
+    # MLP there): B answers g(y_A; a2_B).
     assert compositional["L0 resid_mid"]["a1"] == 1.0 and compositional["L1 resid_pre"]["a1"] == 1.0
+    assert compositional["L0 mlp_out"]["a1"] == 1.0
+    assert _table(result, "key_only")["L0 attn_out"]["a1"] == 1.0  # attention alone brings just the key
     assert result.best()[1:] == ("a1", 1.0)
     # Before that, a1 is only the anchor token, the key position only the key.
     assert _table(result, "anchor_only")["L0 resid_pre"]["a1"] == 1.0
@@ -46,7 +51,7 @@ def test_lookup_model_has_no_compositional_site(lookup_result):
     result = lookup_result
     assert result.best()[2] < 0.1
     # Its anchors fuse, order-free, at the last position before the key arrives.
-    assert _table(result, "pair_only")["L1 resid_pre"]["last"] > 0.8
+    assert _table(result, "pair_only")["L0 attn_out"]["last"] > 0.8 and _table(result, "pair_only")["L1 resid_pre"]["last"] > 0.8
     assert _table(result, "key_only")["L1 resid_pre"]["a1"] == 1.0  # a1 only relays the key
     fractions = result.columns()[1]
     torch.testing.assert_close(sum(fractions[o] for o in OUTCOMES), torch.ones_like(fractions["other"]))
