@@ -56,6 +56,7 @@ from probes.patching import PromptPairs, sample_prompts, take
 from probes.sites import Site, cache_of, columns, last_logits_with, resid_pre_cache
 
 OUTCOMES = ("compositional", "unchanged", "copied_a", "key_only", "anchor_only", "pair_only", "other")
+FIGURE_OUTCOMES = ("compositional", "copied_a", "pair_only")  # composing, carrying everything, fused anchors
 
 
 def composition_pairs(task: AnchorTask, n: int = 512, seed: int = 0, keys: KeySplit = "any", key_pos: int | None = None) -> PromptPairs:
@@ -147,15 +148,15 @@ class CompositionResult:
         labels, fractions = self.columns()
         hover = [[", ".join(f"{o} {fractions[o][r, c]:.2f}" for o in OUTCOMES) for c in range(len(labels))] for r in range(len(self.rows))]
         return heatmaps(
-            [("compositional", fractions["compositional"]), ("unchanged", fractions["unchanged"])],
+            [(o, fractions[o]) for o in FIGURE_OUTCOMES],
             [row.label for row in self.rows],
             labels,
-            f"composition test: A's residual stream patched into B<br><sub>{len(self.pairs)} pairs; compositional = "
+            f"composition test: one activation of A patched into B<br><sub>{len(self.pairs)} pairs; compositional = "
             "B answers g(g(x_A; a1_A); a2_B); hover for every outcome</sub>",
             zmin=0,
             zmax=1,
             colorscale="Viridis",
-            hover=[hover, hover],
+            hover=[hover] * len(FIGURE_OUTCOMES),
         )
 
 
