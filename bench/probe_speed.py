@@ -8,7 +8,7 @@
 (b) Wall time of each report section and of `probes.report_sections` for both shipped
     models (the whole HTML report of both must finish under 60 s).
 
-    python bench/probe_speed.py [--model inferential] [--rounds 3] [--threads N]
+    python bench/probe_speed.py [--model inferential] [--rounds 3] [--threads 1 2]
 
 Uses the shipped models; a checkpoint folder can stand in (--model, --models). Writes
 bench/results/probe_speed.json.
@@ -37,6 +37,7 @@ from probes.patching import logit_diff, make_pairs, patch_sweep
 from probes.solution import predict
 
 RESULTS = Path(__file__).parent / "results" / "probe_speed.json"
+LOAD_BEFORE = os.getloadavg()[0]  # other processes on the machine: read the timings with it
 KINDS = ("resid_pre", "attn_out", "mlp_out", "z")
 
 
@@ -128,27 +129,29 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=["inferential", "symmetric"], help="models for the report sections")
     parser.add_argument("--pairs", type=int, default=512)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2],
+                        help="torch thread counts to measure, each in turn (default: 1 2). On a loaded machine more "
+                             "threads than free cores make every small op wait for a descheduled thread")
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
 
-    patching = bench_patching(args.model, args.pairs, args.rounds)
-    print(
-        f"patching sweep, {patching['pairs']} pairs x {patching['sites']} sites: ours {patching['best_seconds']['ours']:.2f} s, "
-        f"transformer_lens.patching {patching['best_seconds']['transformer_lens']:.2f} s, "
-        f"ratio {patching['ratio_ours_over_transformer_lens']:.2f} (max |difference| {patching['max_abs_difference_of_mean_logit_diff']:.1e})"
-    )
-    report = bench_report(args.models)
-    for name, row in report["models"].items():
-        print(f"report_sections({name}): {row['seconds']:.1f} s")
+    runs = []
+    for threads in args.threads:
+        torch.set_num_threads(threads)
+        patching = bench_patching(args.model, args.pairs, args.rounds)
+        print(
+            f"{threads} thread(s): patching sweep, {patching['pairs']} pairs x {patching['sites']} sites: ours {patching['best_seconds']['ours']:.2f} s, "
+            f"transformer_lens.patching {patching['best_seconds']['transformer_lens']:.2f} s, "
+            f"ratio {patching['ratio_ours_over_transformer_lens']:.2f} (max |difference| {patching['max_abs_difference_of_mean_logit_diff']:.1e})"
+        )
+        report = bench_report(args.models)
+        for name, row in report["models"].items():
+            print(f"{threads} thread(s): report_sections({name}): {row['seconds']:.1f} s")
+        runs.append({"threads": threads, "patching": patching, "report_sections": report, "load_average_1min_after": os.getloadavg()[0]})
     results = {
-        "patching": patching,
-        "report_sections": report,
+        "runs": runs,
         "machine": {
-            "threads": torch.get_num_threads(),
             "cpus": os.cpu_count(),
-            "load_average_1min": os.getloadavg()[0],
+            "load_average_1min_before": LOAD_BEFORE,
             "torch": torch.__version__,
             "python": platform.python_version(),
             "processor": platform.processor() or platform.machine(),
