@@ -100,3 +100,32 @@ def test_report_sections_show_every_probe_and_say_when_one_is_undefined():
         order = sections[1][1]
         undefined = "undefined for this model" in str(order.layout.annotations)
         assert undefined == (name == "lookup")  # the lookup model answers x-6 on (4,3) already
+
+
+SHIPPED = ("inferential", "symmetric")
+needs_shipped = pytest.mark.skipif(not all((hooked.ZOO / name).is_dir() for name in SHIPPED), reason="shipped models not in models/zoo yet")
+
+
+def probes_separate(inferential, symmetric, task=AnchorTask(), n=128):
+    """The causal figures that tell the two solutions apart (README: probes)."""
+    from probes import order_probe
+
+    composes = composition_test(inferential, task, n, progress=False)
+    looks_up = composition_test(symmetric, task, n, progress=False)
+    assert composes.best()[2] > 0.8, composes.summary()  # a site carries g(x; a1) and composes with B's a2
+    assert looks_up.best()[2] < 0.2, looks_up.summary()  # none does
+    assert _table(looks_up, "pair_only")["L0 attn_out"]["last"] > 0.5  # its anchors fuse at the last position first
+    order = order_probe(inferential, task, n, kinds=("resid_pre", "resid_mid"), progress=False)
+    assert order.restored.max() > 0.9, order.summary()  # one site carries the order that turns x-10 into x-6
+    try:
+        eligible = len(order_probe(symmetric, task, n, kinds=("resid_pre",), progress=False).pairs)
+    except ValueError:  # it answers x-6 on (4,3) already: order makes no difference
+        eligible = 0
+    assert eligible < 0.2 * n
+
+
+@needs_shipped
+def test_probes_separate_the_shipped_models():
+    import models
+
+    probes_separate(models.load("inferential"), models.load("symmetric"), models.hooked.task_of("inferential"))
