@@ -70,6 +70,8 @@ class ModelAnalysis:
             "route (value-weighted flow)": self.route.name,
             "route by key position": " ".join(f"{p}:{r.name[:3]}" for p, r in self.routes_by_position.items()),
             "same-target parallel score, last layer": f"{scores[last]['parallel_score']:.2f}",
+            "(4,3) vector, last layer: cos with x-10 / x-6 targets":
+                f"{scores[last]['held_out_vs_inferential_targets']:.2f} / {scores[last]['held_out_vs_symmetric_targets']:.2f}",
             "(4,3) vs (3,4) cosine after layer 0": f"{first['mirror_pair_cosine']:.2f} (other pairs {first['other_pairs_cosine']:.2f})",
             f"W_Q groups (cos > {cond['threshold']})": f"{cond['n_groups']} of {cond['n_neurons']} neurons",
             "key embedding ordinal R^2": f"{self.complexity.embedding.ordinal_r2:.2f}",

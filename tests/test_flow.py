@@ -20,6 +20,7 @@ from interp.flow import (
 )
 from handmade import TASK as HANDMADE_TASK
 from handmade import composer, lookup
+import models
 from models import hooked
 from models.task import AnchorTask
 
@@ -254,3 +255,13 @@ def test_flow_figure_draws_every_layer(deep_model):
     fig = trace_flow(deep_model, PROMPT).figure()
     assert list(fig.layout.xaxis.ticktext) == ["tokens", "after layer 0", "after layer 1", "after layer 2"]
     assert len(fig.layout.shapes) > 9  # residual guides plus flow lines
+
+
+# ---- the shipped models ------------------------------------------------------------------------
+@pytest.mark.parametrize("name", ["inferential", "symmetric"])
+def test_shipped_models_take_the_route_the_paper_describes(name):
+    """inferential: layer 0 key -> anchors, layer 1 anchors -> last; symmetric: layer 0
+    anchors -> last, layer 1 key -> last. Needs the shipped checkpoints (models/zoo)."""
+    model, task = models.load(name), hooked.task_of(name)
+    flows = trace_flows(model, task.sample(2000, torch.Generator().manual_seed(0), pairs=task.pairs, keys="any"), task)
+    assert flows.route().name == name, str(flows.route())
