@@ -53,7 +53,7 @@ from models.hooked import HookedTransformer
 from models.task import AnchorTask, KeySplit
 from probes.figures import heatmaps
 from probes.patching import PromptPairs, sample_prompts, take
-from probes.sites import Site, cache_of, columns, last_logits_with, resid_pre_cache
+from probes.sites import Site, by_role, cache_of, columns, last_logits_with, resid_pre_cache
 
 OUTCOMES = ("compositional", "unchanged", "copied_a", "key_only", "anchor_only", "pair_only", "other")
 FIGURE_OUTCOMES = ("compositional", "copied_a", "pair_only")  # composing, carrying everything, fused anchors

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import textwrap
 from pathlib import Path
 from typing import Sequence
 
@@ -53,6 +54,7 @@ def heatmaps(
 def notice(title: str, text: str) -> go.Figure:
     """A figure that says why there is nothing to plot (a probe undefined for this model)."""
     fig = go.Figure()
+    text = "<br>".join(textwrap.wrap(text, 110, break_long_words=False, replace_whitespace=False))
     fig.add_annotation(text=text, showarrow=False, x=0.5, y=0.5, xref="paper", yref="paper", font=dict(size=14), align="left")
     fig.update_layout(title=title, height=220, xaxis_visible=False, yaxis_visible=False)
     return fig

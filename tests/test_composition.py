@@ -55,6 +55,7 @@ def test_lookup_model_has_no_compositional_site(lookup_result):
     assert _table(result, "key_only")["L1 resid_pre"]["a1"] == 1.0  # a1 only relays the key
     fractions = result.columns()[1]
     torch.testing.assert_close(sum(fractions[o] for o in OUTCOMES), torch.ones_like(fractions["other"]))
+    torch.testing.assert_close(result.fraction_by_role("pair_only"), fractions["pair_only"])  # mixed key positions: roles
 
 
 def test_pairs_make_every_outcome_distinguishable():
