@@ -187,12 +187,17 @@ _STYLE = """
 body { font-family: system-ui, sans-serif; margin: 20px; color: #222; }
 h2 { margin-top: 32px; border-bottom: 1px solid #ddd; font-size: 17px; }
 .row { display: flex; gap: 16px; }
-.cell { flex: 1 1 0; min-width: 0; }
+.cell { flex: 1 1 0; min-width: 0; overflow-x: auto; }
 .cell h3 { font-size: 13px; margin: 4px 0; color: #555; }
 table.summary { border-collapse: collapse; font-size: 13px; }
 table.summary td, table.summary th { border: 1px solid #ccc; padding: 3px 10px; text-align: left; }
 pre { font-size: 12px; white-space: pre-wrap; }
 """
+
+
+# Each figure draws as soon as its script is parsed, before the cells to its right exist, so
+# it takes the whole row's width; once the page is laid out, fit every figure to its cell.
+_RESIZE = "<script>window.addEventListener('load', () => document.querySelectorAll('.js-plotly-plot').forEach(d => Plotly.Plots.resize(d)));</script>"
 
 
 def _content_html(content: Content) -> str:
@@ -213,7 +218,7 @@ def page(title: str, body: Sequence[str]) -> str:
         "<!DOCTYPE html><html><head><meta charset='utf-8'>"
         f"<title>{html.escape(title)}</title><style>{_STYLE}</style>"
         f"<script type='text/javascript'>{get_plotlyjs()}</script></head><body>"
-        f"<h1>{html.escape(title)}</h1>" + "\n".join(body) + "</body></html>"
+        f"<h1>{html.escape(title)}</h1>" + "\n".join(body) + _RESIZE + "</body></html>"
     )
 
 
