@@ -30,6 +30,7 @@ import torch
 from interp import report
 from interp.flow import trace_flow, trace_flows
 from models import hooked
+from models.files import write_text_atomic
 
 RESULTS = Path(__file__).parent / "results" / "interp_speed.json"
 PROMPT = "23 1 2 43 46 74 54 44 72"
@@ -79,7 +80,7 @@ def full_report(names: list[str]) -> dict:
         stages["probes"] += time.perf_counter() - start
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
-        out = report.write_atomic(Path(tmp) / "report.html", report.render_html(analyses))
+        out = write_text_atomic(Path(tmp) / "report.html", report.render_html(analyses))
         size = out.stat().st_size
     stages["html"] = time.perf_counter() - start
     return {
@@ -116,7 +117,7 @@ def main() -> None:
         print(f"report of {', '.join(args.models)}: {r['seconds']:.1f} s (interp {s['analyses']:.1f} s, probes {s['probes']:.1f} s, "
               f"html {s['html']:.1f} s; without probes {r['seconds_without_probes']:.1f} s; target < 60 s)")
     results["machine"]["load_average_after"] = os.getloadavg()
-    report.write_atomic(RESULTS, json.dumps(results, indent=2) + "\n")
+    write_text_atomic(RESULTS, json.dumps(results, indent=2) + "\n")
     print(f"written to {RESULTS}")
 
 

@@ -21,7 +21,6 @@ import json
 import os
 import platform
 import statistics
-import tempfile
 import time
 from pathlib import Path
 
@@ -32,6 +31,7 @@ from transformer_lens import patching as tl_patching
 
 import models
 import probes
+from models.files import write_text_atomic
 from models.hooked import task_of
 from probes.patching import logit_diff, make_pairs, patch_sweep
 from probes.solution import predict
@@ -158,11 +158,7 @@ def main() -> None:
         },
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".probe_speed.", dir=RESULTS.parent)
-    with os.fdopen(fd, "w") as f:
-        json.dump(results, f, indent=2)
-    os.replace(tmp, RESULTS)
+    write_text_atomic(RESULTS, json.dumps(results, indent=2))
     print(f"written {RESULTS}")
 
 

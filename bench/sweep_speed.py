@@ -28,6 +28,7 @@ from pathlib import Path
 
 import torch
 
+from models.files import write_text_atomic
 from models.sweep import SweepSpec, available_cores, run_cell, run_sweep
 
 RESULTS = Path(__file__).parent / "results" / "sweep_speed.json"
@@ -107,10 +108,7 @@ def main() -> None:
         out.update(ray_seconds_per_cell=ray_time / args.cells, ray_overhead_seconds_per_cell=(ray_time - local) / args.cells,
                    ray_vs_local_throughput=local / ray_time)
     out["load_average_after"] = os.getloadavg()[0]
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    tmp_file = RESULTS.with_suffix(".tmp")
-    tmp_file.write_text(json.dumps(out, indent=2) + "\n")
-    os.replace(tmp_file, RESULTS)
+    write_text_atomic(RESULTS, json.dumps(out, indent=2) + "\n")
     print(f"local pool vs sequential: {out['local_vs_sequential_throughput']:.2f}x throughput warm, "
           f"{out['local_cold_vs_sequential_throughput']:.2f}x with its start-up (target >= 0.9)")
     if times["ray"]:

@@ -28,7 +28,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import models
-from models import hooked
+from models.files import write_text_atomic
 from models.train import TrainConfig, batches, last_logits, make_optimizer, train_step
 
 RESULTS = Path(__file__).parent / "results" / "train_speed.json"
@@ -140,10 +140,7 @@ def main() -> None:
             print(f"{name:12s} {row['wall_seconds']:.0f} s wall, {row['steps']} steps -> {row['label']} "
                   f"(seen {row['seen_test_keys']:.3f}, (4,3) inferential {row['inferential_test_keys']:.3f}, "
                   f"symmetric {row['symmetric_test_keys']:.3f})")
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    tmp = RESULTS.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(result, indent=2) + "\n")
-    os.replace(tmp, RESULTS)
+    write_text_atomic(RESULTS, json.dumps(result, indent=2) + "\n")
     print(f"wrote {RESULTS}")
 
 

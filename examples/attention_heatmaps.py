@@ -11,6 +11,7 @@ from pathlib import Path
 
 import models
 from interp import figures, report, trace_flow
+from models.files import write_text_atomic
 
 OUT = Path("out/interp")
 
@@ -24,6 +25,6 @@ for name in args.models:
     model, task = models.load(name), models.hooked.task_of(name)
     flow = trace_flow(model, args.prompt or report.example_prompt(task), task)
     cells.append((name, figures.attention_heatmaps(flow)))
-    page = report.write_atomic(OUT / f"attention_circuitsvis_{Path(name).name}.html", figures.circuitsvis_html(flow, f"{name}: {' '.join(map(str, flow.tokens.tolist()))}"))
+    page = write_text_atomic(OUT / f"attention_circuitsvis_{Path(name).name}.html", figures.circuitsvis_html(flow, f"{name}: {' '.join(map(str, flow.tokens.tolist()))}"))
     print(f"{name}: answers {flow.prediction}; circuitsvis view written to {page}")
 print(f"heatmaps written to {report.write_page(OUT / 'attention_heatmaps.html', 'Attention patterns', [('every layer and head', cells)])}")

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import html
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence, Union
@@ -26,6 +25,7 @@ from interp.complexity import Complexity, weight_complexity
 from interp.flow import Flow, FlowBatch, Route, trace_flow, trace_flows
 from interp.vectors import AnchorVectors, anchor_grid, anchor_vectors
 from models import hooked
+from models.files import write_text_atomic
 from models.task import AnchorTask
 from probes.solution import Classification, classify
 
@@ -240,23 +240,7 @@ def render_html(analyses: Sequence[ModelAnalysis], sweep: Sequence[tuple[str, li
 def write_page(path: str | os.PathLike, title: str, sections: Sequence[tuple[str, Sequence[tuple[str, Content]]]]) -> Path:
     """A self-contained HTML file of (section title, [(name, figure), ...]) rows: what the
     examples write."""
-    return write_atomic(path, page(title, [side_by_side(t, cells) for t, cells in sections]))
-
-
-def write_atomic(path: str | os.PathLike, text: str) -> Path:
-    """Write to a temporary sibling, then rename: a crash never leaves half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; a report is for reading
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_text_atomic(path, page(title, [side_by_side(t, cells) for t, cells in sections]))
 
 
 def sweep_sections(db_path: str) -> list[tuple[str, go.Figure]]:
@@ -285,4 +269,4 @@ def build_report(targets: Sequence[str] = (), out: str | os.PathLike = "report.h
             raise ValueError(f"no sweep database at {db}")
     analyses = [analyze(name, n_flow_prompts, probes) for name in tqdm(names, desc="report", unit="model", disable=not progress)]
     sweeps = [(db, sweep_sections(db)) for db in dbs]
-    return write_atomic(out, render_html(analyses, sweeps)), analyses
+    return write_text_atomic(out, render_html(analyses, sweeps)), analyses

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import tempfile
 import textwrap
 from pathlib import Path
 from typing import Sequence
@@ -11,6 +10,8 @@ from typing import Sequence
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 from torch import Tensor
+
+from models.files import write_text_atomic
 
 
 def heatmaps(
@@ -62,14 +63,4 @@ def notice(title: str, text: str) -> go.Figure:
 
 def write_html(fig: go.Figure, path: str | os.PathLike) -> Path:
     """Self-contained HTML (plotly.js inlined, opens offline), written atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(fig.to_html(include_plotlyjs=True, full_html=True))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_text_atomic(path, fig.to_html(include_plotlyjs=True, full_html=True))

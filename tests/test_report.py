@@ -16,6 +16,7 @@ import probes
 from interp import report
 from interp.cli import main
 from models import hooked
+from models.files import write_text_atomic
 from models.sweep import SweepSpec, SweepStore
 
 TINY = dict(d_model=16, d_head=8, d_mlp=32)
@@ -151,7 +152,7 @@ def test_circuitsvis_page_renders_offline(checkpoints, tmp_path):
     from interp.flow import trace_flow
 
     flow = trace_flow(hooked.load(checkpoints[0]), "23 1 2 43 46 74 54 44 72")
-    page = report.write_atomic(tmp_path / "cv.html", circuitsvis_html(flow, "attention"))
+    page = write_text_atomic(tmp_path / "cv.html", circuitsvis_html(flow, "attention"))
     text = page.read_text()
     assert "unpkg.com" not in text and not re.search(r"<script[^>]+src=", text)  # its JavaScript is inlined
     dom = render_in_chromium(page, tmp_path / "profile")
