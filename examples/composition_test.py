@@ -3,9 +3,9 @@
 
     python examples/composition_test.py [MODEL ...]     (default: both shipped models; figures in out/probes/)
 
-Reading: per residual-stream point (rows) and role (key, a1, a2, last, noise), the fraction of
+Reading: per residual-stream point (rows) and role (key, anchor1, anchor2, noise, last), the fraction of
 prompt pairs (A into B) whose answer becomes g(g(x_A; a1_A); a2_B). A composing model has a
-high site at a1 after the first attention layer; a lookup model none.
+high site at anchor1 after the first attention layer; a lookup model none.
 """
 
 import sys

@@ -11,8 +11,9 @@ from plotly.subplots import make_subplots
 from torch import Tensor
 
 from interp.complexity import Condensation, EmbeddingStructure, Spectra
-from interp.flow import ROLES, Flow, FlowKind
+from interp.flow import Flow, FlowKind
 from interp.vectors import AnchorVectors
+from models.task import ROLES
 
 ROLE_COLORS = {"key": "#d62728", "anchor1": "#1f77b4", "anchor2": "#2ca02c", "noise": "#9a9a9a", "last": "#111111", "anchor2+last": "#2ca02c"}
 _FONT = dict(size=11)

@@ -19,8 +19,8 @@ position read from), computed from the model's own hooks (`attn.hook_pattern`,
   into account: R_l = norm(0.5 F_l + 0.5 I) @ R_(l-1), R_(-1) = I, rows renormalised.
   Row `last` of the final layer says how much the answer draws on the key and each anchor.
 
-Roles. Every position of an anchor prompt plays one or more roles: key, anchor1, anchor2,
-noise, last (the answer position). The last position is also anchor2 when the key sits at
+Roles (`models.task.ROLES`, `role_membership`). Every position of an anchor prompt plays
+one or more roles: key, anchor1, anchor2, noise, last (the answer position). The last position is also anchor2 when the key sits at
 the last possible slot; such prompts are left out of route summaries (there "anchors ->
 last" would be the last position reading itself).
 
@@ -59,9 +59,8 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from models.hooked import HookedTransformer, check_model_fits_task
-from models.task import AnchorBatch, AnchorTask, PromptLike
+from models.task import ROLES, AnchorBatch, AnchorTask, PromptLike, role_membership
 
-ROLES = ("key", "anchor1", "anchor2", "noise", "last")
 FlowKind = Literal["attention", "value"]
 ROUTE_THRESHOLD = 0.15
 _CHUNK = 4096  # prompts per forward pass: bounds memory, not a loop over prompts
@@ -105,17 +104,6 @@ def uniform_role_flow(membership: Float[Tensor, "batch pos role"], n_layers: int
     """`role_flow` of uniform causal attention over the same prompts: the route baseline."""
     uniform = uniform_flow(membership.shape[1]).expand(len(membership), 1, -1, -1)  # the same in every layer
     return role_flow(uniform, membership).expand(n_layers, -1, -1)
-
-
-def role_membership(key_pos: Int[Tensor, " batch"], seq_len: int) -> Float[Tensor, "batch pos role"]:
-    """1 where position `pos` plays role `role` (ROLES order); a position can play two
-    (anchor2 is also the last position when the key sits at the last slot)."""
-    pos = torch.arange(seq_len)  # [pos]
-    key_pos = key_pos[:, None]  # [batch, 1]
-    is_key, is_a1, is_a2 = pos == key_pos, pos == key_pos + 1, pos == key_pos + 2  # [batch, pos]
-    is_last = (pos == seq_len - 1).expand_as(is_key)
-    is_noise = ~(is_key | is_a1 | is_a2 | is_last)
-    return torch.stack([is_key, is_a1, is_a2, is_noise, is_last], dim=-1).float()
 
 
 def role_flow(flow: Float[Tensor, "batch layer dst src"], membership: Float[Tensor, "batch pos role"]) -> Float[Tensor, "layer role_dst role_src"]:
@@ -222,13 +210,9 @@ class Flow:
 
     @property
     def roles(self) -> list[str]:
-        """Role names per position, e.g. ['noise', 'key', 'anchor1', 'anchor2', ..., 'last']."""
-        names = ["noise"] * len(self.tokens)
-        names[-1] = "last"
-        names[self.key_pos : self.key_pos + 3] = ["key", "anchor1", "anchor2"]
-        if self.key_pos + 2 == len(self.tokens) - 1:
-            names[-1] = "anchor2+last"
-        return names
+        """Role names per position, e.g. ['noise', 'key', 'anchor1', 'anchor2', ..., 'last'];
+        a position with two roles is 'anchor2+last'."""
+        return ["+".join(ROLES[r] for r in row.nonzero().flatten().tolist()) for row in self.membership]
 
     @property
     def membership(self) -> Float[Tensor, "pos role"]:

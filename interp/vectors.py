@@ -32,9 +32,9 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from models.hooked import HookedTransformer, check_model_fits_task
-from models.task import AnchorBatch, AnchorTask
+from models.task import ROLES, AnchorBatch, AnchorTask, role_membership
 
-POSITIONS = ("key", "anchor1", "anchor2", "last")
+POSITIONS = tuple(role for role in ROLES if role != "noise")  # the roles held by one position each
 DEFAULT_KEY_POS = 2
 _CHUNK = 4096  # prompts per forward pass
 
@@ -78,11 +78,8 @@ def _position_index(position: str | int, prompts: AnchorBatch) -> Int[Tensor, " 
         if not -seq_len <= position < seq_len:
             raise ValueError(f"position {position} does not exist: prompts have {seq_len} positions")
         return torch.full((len(prompts),), position % seq_len)
-    offsets = {"key": 0, "anchor1": 1, "anchor2": 2}
-    if position == "last":
-        return torch.full((len(prompts),), seq_len - 1)
-    if position in offsets:
-        return prompts.key_pos + offsets[position]
+    if position in POSITIONS:
+        return role_membership(prompts.key_pos, seq_len)[:, :, ROLES.index(position)].argmax(dim=-1)
     raise ValueError(f"position must be an int or one of {POSITIONS}, got {position!r}")
 
 

@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass
 from typing import Literal, Sequence, Union
 
 import torch
-from jaxtyping import Int
+from jaxtyping import Float, Int
 from torch import Tensor
 
 PromptLike = Union[str, Sequence[int], Tensor]
@@ -42,6 +42,21 @@ class AnchorBatch:
 
     def __len__(self) -> int:
         return self.tokens.shape[0]
+
+
+# The role of a position in a prompt. A position can play two: the last position is also
+# anchor2 when the key sits at the last possible slot.
+ROLES = ("key", "anchor1", "anchor2", "noise", "last")
+
+
+def role_membership(key_pos: Int[Tensor, " batch"], seq_len: int) -> Float[Tensor, "batch pos role"]:
+    """1 where position `pos` plays role `role` (ROLES order), else 0."""
+    pos = torch.arange(seq_len)  # [pos]
+    key_pos = key_pos[:, None]  # [batch, 1]
+    is_key, is_a1, is_a2 = pos == key_pos, pos == key_pos + 1, pos == key_pos + 2  # [batch, pos]
+    is_last = (pos == seq_len - 1).expand_as(is_key)
+    is_noise = ~(is_key | is_a1 | is_a2 | is_last)
+    return torch.stack([is_key, is_a1, is_a2, is_noise, is_last], dim=-1).float()
 
 
 @dataclass(frozen=True)

@@ -13,13 +13,14 @@ import re
 from dataclasses import dataclass, replace
 from typing import Callable, Sequence
 
+import einops
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 from transformer_lens.utilities import apply_softcap, get_act_name
 
 from models.hooked import HookedTransformer
-from models.task import AnchorBatch
+from models.task import ROLES, AnchorBatch, role_membership
 
 # kind -> what its hook holds; all are [batch, pos, ...], so position is always axis 1.
 KINDS: dict[str, str] = {
@@ -31,7 +32,6 @@ KINDS: dict[str, str] = {
     "z": "one head's attention-weighted values, before W_O  [batch, pos, head, d_head]",
 }
 HEAD_KINDS = ("z",)
-ROLES = ("key", "a1", "a2", "last", "noise")  # a position's role in a prompt; noise: mean over noise positions
 
 
 @dataclass(frozen=True)
@@ -175,36 +175,26 @@ def resid_pre_cache(model: HookedTransformer, tokens: Int[Tensor, "batch pos"]) 
 
 
 # ---- roles of positions ------------------------------------------------------------------
-def role_positions(batch: AnchorBatch) -> Int[Tensor, "role batch"]:
-    """Position of the key, first anchor, second anchor and last token in each prompt
-    (noise has no single position: see `by_role`)."""
-    last = torch.full_like(batch.key_pos, batch.tokens.shape[1] - 1)
-    return torch.stack([batch.key_pos, batch.key_pos + 1, batch.key_pos + 2, last])
-
-
 def by_role(values: Float[Tensor, "... pos batch"], batch: AnchorBatch) -> Float[Tensor, "... role batch"]:
     """Regroup per-position values of each prompt by the role of the position in that prompt
-    (ROLES): key, a1, a2, last, and the mean over its noise positions. Prompts with different
-    key positions line up by role, where absolute positions would mix a key with an anchor."""
-    values = values.float()
-    n_pos = values.shape[-2]
-    where = role_positions(batch)  # [4, batch]
-    index = where.expand(*values.shape[:-2], *where.shape)  # [..., 4, batch]
-    named = values.gather(-2, index)  # [..., 4, batch]
-    is_noise = torch.ones(n_pos, len(batch), dtype=torch.bool)  # [pos, batch]
-    is_noise[where, torch.arange(len(batch))] = False
-    noise = (values * is_noise).sum(-2) / is_noise.sum(0).clamp(min=1)  # [..., batch]
-    return torch.cat([named, noise.unsqueeze(-2)], dim=-2)
+    (ROLES of models.task): the mean over the positions of each role (one position each, but
+    several of noise). Prompts with different key positions line up by role, where absolute
+    positions would mix a key with an anchor."""
+    membership = role_membership(batch.key_pos, values.shape[-2])  # [batch, pos, role]
+    total = einops.einsum(values.float(), membership, "... pos batch, batch pos role -> ... role batch")
+    count = einops.rearrange(membership.sum(1), "batch role -> role batch")
+    return total / count.clamp(min=1)
 
 
 def position_labels(batch: AnchorBatch) -> list[str]:
-    """Column labels for absolute positions: the role where every prompt agrees on it."""
+    """Column labels for absolute positions, with the roles (noise aside) that the position
+    plays in every prompt, e.g. '2 anchor1' or '8 anchor2/last'."""
     n_pos = batch.tokens.shape[1]
-    labels = [str(p) for p in range(n_pos)]
-    for role, where in zip(ROLES, role_positions(batch)):
-        if (where == where[0]).all():
-            p = int(where[0])
-            labels[p] = f"{labels[p]} {role}" if labels[p].isdigit() else f"{labels[p]}/{role}"
+    everywhere = role_membership(batch.key_pos, n_pos).bool().all(0)  # [pos, role]
+    labels = []
+    for p in range(n_pos):
+        roles = [role for r, role in enumerate(ROLES) if role != "noise" and everywhere[p, r]]
+        labels.append(f"{p} {'/'.join(roles)}" if roles else str(p))
     return labels
 
 

@@ -48,7 +48,7 @@ def test_sweep_over_every_head_layer_and_position(model, tmp_path):
     sweep = ablation_sweep(model, TASK, "mean", n=24, key_pos=2, progress=False)
     labels, accuracy = sweep.columns()
     assert [row.label for row in sweep.rows] == ["L0 resid_pre", "L0 z H0", "L0 z H1", "L0 mlp_out", "L1 resid_pre", "L1 z H0", "L1 z H1", "L1 mlp_out"]
-    assert labels == ["0", "1", "2 key", "3 a1", "4 a2", "5", "6", "7", "8 last"]
+    assert labels == ["0", "1", "2 key", "3 anchor1", "4 anchor2", "5", "6", "7", "8 last"]
     seen = dict(zip([row.label for row in sweep.rows], accuracy["seen"].tolist()))
     assert all(seen[row][p] == 1.0 for row in seen for p in (0, 1, 5, 6, 7))  # noise positions: never needed
     assert seen["L1 z H0"][8] < 0.2 and seen["L1 z H1"][8] < 0.5  # both layer-1 heads feed the last position
@@ -57,8 +57,8 @@ def test_sweep_over_every_head_layer_and_position(model, tmp_path):
     # Mixed key positions: columns become roles.
     mixed = ablation_sweep(model, TASK, "zero", kinds=["mlp_out"], n=16, progress=False)
     labels, accuracy = mixed.columns()
-    assert labels == ["key", "a1", "a2", "last", "noise"] and accuracy["inferential"].shape == (2, 5)
-    assert accuracy["seen"][0, 1] < 0.2 and accuracy["seen"][0, 4] == 1.0  # layer 0's MLP at a1 (writes y); noise
+    assert labels == ["key", "anchor1", "anchor2", "noise", "last"] and accuracy["inferential"].shape == (2, 5)
+    assert accuracy["seen"][0, 1] < 0.2 and accuracy["seen"][0, 3] == 1.0  # layer 0's MLP at anchor1 (writes y); noise
     assert "largest changes" in mixed.summary()
     html = write_html(sweep.figure(), tmp_path / "sweep.html").read_text()
     assert "plotly" in html and "<script src=" not in html

@@ -22,7 +22,7 @@ def lookup_result():
 
 def _table(result, outcome):
     labels, fractions = result.columns()
-    assert labels == ["key", "a1", "a2", "last", "noise"]
+    assert labels == ["key", "anchor1", "anchor2", "noise", "last"]
     return {row.label: dict(zip(labels, values.tolist())) for row, values in zip(result.rows, fractions[outcome])}
 
 
@@ -34,17 +34,17 @@ def test_composer_carries_the_intermediate_at_the_first_anchor(composer_result):
     compositional = _table(result, "compositional")
     # Once layer 0's attention brought the key to a1, a1 holds y = g(x; a1) (written by the
     # MLP there): B answers g(y_A; a2_B).
-    assert compositional["L0 resid_mid"]["a1"] == 1.0 and compositional["L1 resid_pre"]["a1"] == 1.0
-    assert compositional["L0 mlp_out"]["a1"] == 1.0
-    assert _table(result, "key_only")["L0 attn_out"]["a1"] == 1.0  # attention alone brings just the key
-    assert result.best()[1:] == ("a1", 1.0)
+    assert compositional["L0 resid_mid"]["anchor1"] == 1.0 and compositional["L1 resid_pre"]["anchor1"] == 1.0
+    assert compositional["L0 mlp_out"]["anchor1"] == 1.0
+    assert _table(result, "key_only")["L0 attn_out"]["anchor1"] == 1.0  # attention alone brings just the key
+    assert result.best()[1:] == ("anchor1", 1.0)
     # Before that, a1 is only the anchor token, the key position only the key.
-    assert _table(result, "anchor_only")["L0 resid_pre"]["a1"] == 1.0
+    assert _table(result, "anchor_only")["L0 resid_pre"]["anchor1"] == 1.0
     assert _table(result, "key_only")["L0 resid_pre"]["key"] == 1.0
     # After layer 1's attention the last position holds A's whole answer.
     assert _table(result, "copied_a")["L1 resid_post"]["last"] == 1.0
     assert _table(result, "unchanged")["L1 resid_pre"]["noise"] == 1.0
-    assert "most compositional site L0 resid_mid @ a1: 1.00" in result.summary()
+    assert "most compositional site L0 resid_mid @ anchor1: 1.00" in result.summary()
 
 
 def test_lookup_model_has_no_compositional_site(lookup_result):
@@ -52,7 +52,7 @@ def test_lookup_model_has_no_compositional_site(lookup_result):
     assert result.best()[2] < 0.1
     # Its anchors fuse, order-free, at the last position before the key arrives.
     assert _table(result, "pair_only")["L0 attn_out"]["last"] > 0.8 and _table(result, "pair_only")["L1 resid_pre"]["last"] > 0.8
-    assert _table(result, "key_only")["L1 resid_pre"]["a1"] == 1.0  # a1 only relays the key
+    assert _table(result, "key_only")["L1 resid_pre"]["anchor1"] == 1.0  # anchor1 only relays the key
     fractions = result.columns()[1]
     torch.testing.assert_close(sum(fractions[o] for o in OUTCOMES), torch.ones_like(fractions["other"]))
     torch.testing.assert_close(result.fraction_by_role("pair_only"), fractions["pair_only"])  # mixed key positions: roles
@@ -75,7 +75,7 @@ def test_pairs_make_every_outcome_distinguishable():
 def test_single_key_position_gives_position_columns():
     result = composition_test(composer(), TASK, n=16, key_pos=1, progress=False)
     labels, fractions = result.columns()
-    assert labels == ["0", "1 key", "2 a1", "3 a2", "4", "5", "6", "7", "8 last"]
+    assert labels == ["0", "1 key", "2 anchor1", "3 anchor2", "4", "5", "6", "7", "8 last"]
     assert fractions["compositional"][result.rows.index(Site("resid_mid", 0)), 2] == 1.0
 
 

@@ -5,11 +5,9 @@ import pytest
 import torch
 
 from interp.flow import (
-    ROLES,
     FlowBatch,
     combine_heads,
     role_flow,
-    role_membership,
     rollout,
     route_of,
     trace_flow,
@@ -22,7 +20,7 @@ from handmade import TASK as HANDMADE_TASK
 from handmade import composer, lookup
 import models
 from models import hooked
-from models.task import AnchorTask
+from models.task import ROLES, AnchorTask, role_membership
 
 TASK = AnchorTask()
 PROMPT = "23 1 2 43 46 74 54 44 72"

@@ -7,11 +7,12 @@ from transformer_lens import patching as tl_patching
 
 from handmade import TASK, composer, lookup, save
 from interp.cli import main
-from models.task import AnchorTask
+from models.task import ROLES, AnchorTask
 from probes.patching import PAIR_KINDS, PromptPairs, logit_diff, make_pairs, order_probe, patch_sweep, prompt_pairs
 from probes.sites import Site, by_role
 
 DEFAULT_TASK = AnchorTask()
+KEY, A1, A2, NOISE, LAST = (ROLES.index(role) for role in ("key", "anchor1", "anchor2", "noise", "last"))
 
 
 @pytest.fixture(scope="module")
@@ -134,14 +135,14 @@ def test_sweep_equals_transformer_lens_patching(composer_model):
 def test_key_route_of_the_composer(composer_model):
     """The composer moves the key into the first anchor in layer 0 and reads it there in layer 1."""
     result = patch_sweep(composer_model, make_pairs(TASK, "change_key", 32), progress=False)
-    metric = dict(zip([row.label for row in result.rows], result.metric_by_role.tolist()))  # row -> [key, a1, a2, last, noise]
-    assert metric["L0 resid_pre"][0] == pytest.approx(1, abs=1e-3)  # the key token itself
-    assert metric["L1 resid_pre"][0] == pytest.approx(0, abs=1e-3)  # ... no longer needed at its own position
-    assert metric["L1 resid_pre"][1] == pytest.approx(1, abs=1e-3)  # it now lives at a1
-    assert metric["L1 z H0"][3] == pytest.approx(1, abs=1e-3)  # head 0 brings it to the last position
-    assert metric["L1 z H1"][3] == pytest.approx(0, abs=1e-3)  # head 1 (the second anchor) does not
-    assert result.metric_by_role[:, 4].abs().max() < 1e-3  # noise carries nothing
-    assert result.restored_by_role[result.rows.index(Site("resid_pre", 1)), 1] == 1.0
+    metric = dict(zip([row.label for row in result.rows], result.metric_by_role.tolist()))  # row -> value per role (ROLES)
+    assert metric["L0 resid_pre"][KEY] == pytest.approx(1, abs=1e-3)  # the key token itself
+    assert metric["L1 resid_pre"][KEY] == pytest.approx(0, abs=1e-3)  # ... no longer needed at its own position
+    assert metric["L1 resid_pre"][A1] == pytest.approx(1, abs=1e-3)  # it now lives at anchor1
+    assert metric["L1 z H0"][LAST] == pytest.approx(1, abs=1e-3)  # head 0 brings it to the last position
+    assert metric["L1 z H1"][LAST] == pytest.approx(0, abs=1e-3)  # head 1 (the second anchor) does not
+    assert result.metric_by_role[:, NOISE].abs().max() < 1e-3  # noise carries nothing
+    assert result.restored_by_role[result.rows.index(Site("resid_pre", 1)), A1] == 1.0
     assert result.metric.shape == (len(result.rows), TASK.seq_len)
 
 
@@ -153,7 +154,7 @@ def test_order_probe_finds_where_order_is_read(composer_model, lookup_model):
     # token at a2): no single site before layer 1's attention output turns x-10 into x-6...
     assert all(max(restored[f"L{layer} {kind}"]) == 0 for layer in (0, 1) for kind in ("resid_pre",)) and max(restored["L0 resid_mid"]) == 0
     # ...the last position after layer 1's attention does, completely.
-    assert restored["L1 resid_mid"][3] == 1.0 and restored["L1 attn_out"][3] == 1.0
+    assert restored["L1 resid_mid"][LAST] == 1.0 and restored["L1 attn_out"][LAST] == 1.0
     # A lookup model answers x-6 on (4,3) already: the question has no answer.
     with pytest.raises(ValueError, match="undefined: no pair where the clean run answers x-6 and the corrupted run x-10"):
         order_probe(lookup_model, TASK, 16, progress=False)
@@ -163,10 +164,10 @@ def test_roles_line_up_prompts_with_different_key_positions():
     batch = make_pairs(DEFAULT_TASK, "change_key", 50).clean
     values = torch.arange(9.0)[:, None].expand(9, 50)  # value = position
     roles = by_role(values, batch)  # [role, batch]
-    assert torch.equal(roles[0], batch.key_pos.float()) and torch.equal(roles[2], batch.key_pos + 2.0)
-    assert (roles[3] == 8).all()
+    assert torch.equal(roles[KEY], batch.key_pos.float()) and torch.equal(roles[A2], batch.key_pos + 2.0)
+    assert (roles[LAST] == 8).all()
     noise = [sum(p for p in range(9) if p not in (k, k + 1, k + 2, 8)) / len([p for p in range(9) if p not in (k, k + 1, k + 2, 8)]) for k in batch.key_pos.tolist()]
-    torch.testing.assert_close(roles[4], torch.tensor(noise))
+    torch.testing.assert_close(roles[NOISE], torch.tensor(noise))
 
 
 def test_cli_probe_writes_a_self_contained_figure(composer_model, tmp_path, capsys):
