@@ -19,13 +19,12 @@ import plotly.graph_objects as go
 import torch
 from jaxtyping import Bool, Float
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from models.hooked import HookedTransformer, check_model_fits_task
 from models.task import AnchorBatch, AnchorTask
 from probes.figures import heatmaps
 from probes.patching import sample_prompts
-from probes.sites import Patch, Site, by_role, cache_of, columns, last_logits_with, resid_pre_cache, sweep_rows
+from probes.sites import Patch, Site, by_role, cache_of, columns, last_logits_with, sweep_logits, sweep_rows
 
 ABLATIONS = ("zero", "mean", "resample")
 METRICS = ("seen", "inferential", "symmetric")
@@ -209,12 +208,9 @@ def ablation_sweep(
     rows = sweep_rows(model, kinds)
     prompts = eval_prompts(task, n, seed, key_pos)
     tokens = prompts.tokens
-    sources = dict(ablation_sources(model, rows, kind, _reference(task, n, seed, key_pos), len(tokens), seed))
-    start = resid_pre_cache(model, tokens)
-    n_pos = tokens.shape[1]
-    prediction = torch.empty(len(rows), n_pos, len(tokens), dtype=torch.long)
-    sites = [(r, pos) for r in range(len(rows)) for pos in range(n_pos)]
-    for r, pos in tqdm(sites, desc=f"{kind} ablation", disable=not progress, leave=False):
-        prediction[r, pos] = last_logits_with(model, tokens, [(rows[r].at(pos), sources[rows[r]])], start).argmax(-1)
+    sources = ablation_sources(model, rows, kind, _reference(task, n, seed, key_pos), len(tokens), seed)
+    prediction = torch.empty(len(rows), tokens.shape[1], len(tokens), dtype=torch.long)
+    for r, pos, logits in sweep_logits(model, tokens, sources, f"{kind} ablation", progress):
+        prediction[r, pos] = logits.argmax(-1)
     baseline = _accuracies(prompts.correct(last_logits_with(model, tokens, []).argmax(-1)))
     return AblationSweep(kind, rows, prompts, prompts.correct(prediction), baseline)

@@ -47,13 +47,12 @@ import plotly.graph_objects as go
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from models.hooked import HookedTransformer
 from models.task import AnchorTask, KeySplit
 from probes.figures import heatmaps
-from probes.patching import PromptPairs, sample_prompts, take
-from probes.sites import Site, by_role, cache_of, columns, last_logits_with, resid_pre_cache
+from probes.patching import PromptPairs, in_split, sample_prompts
+from probes.sites import Site, by_role, columns, last_logits_with, sources_of, sweep_logits, take
 
 OUTCOMES = ("compositional", "unchanged", "copied_a", "key_only", "anchor_only", "pair_only", "other")
 FIGURE_OUTCOMES = ("compositional", "copied_a", "pair_only")  # composing, carrying everything, fused anchors
@@ -69,12 +68,11 @@ def composition_pairs(task: AnchorTask, n: int = 512, seed: int = 0, keys: KeySp
     pick = usable_t[torch.randint(len(usable), (len(target),), generator=gen)]
     a1, a2 = pick[:, 0], pick[:, 1]
     x = torch.randint(task.key_min, task.key_max + 1, (len(target),), generator=gen)
-    in_split = torch.ones_like(x, dtype=torch.bool) if keys == "any" else task.is_test_key(x, target.key_pos) == (keys == "test")
     predicted = _predictions(task, x, a1, a2, target.key, target.anchor1, target.anchor2)  # [6, batch]
     recombined_usable = (torch.stack([a1, target.anchor2], 1)[:, None] == usable_t).all(-1).any(-1)
     n_out = len(predicted)
     distinct = torch.stack([predicted[i] != predicted[j] for i in range(n_out) for j in range(i + 1, n_out)]).all(0)
-    ok = in_split & recombined_usable & distinct & (x != target.key) & (a1 != target.anchor1) & (a2 != target.anchor2)
+    ok = in_split(task, x, target.key_pos, keys) & recombined_usable & distinct & (x != target.key) & (a1 != target.anchor1) & (a2 != target.anchor2)
     chosen = ok.nonzero().flatten()[:n]
     if len(chosen) < n:
         raise ValueError(f"only {len(chosen)} of {n} composition pairs could be drawn for {keys} keys at key position {key_pos}")
@@ -188,14 +186,9 @@ def composition_test(
     a, b = pairs.clean, pairs.corrupted
     predicted = _predictions(task, a.key, a.anchor1, a.anchor2, b.key, b.anchor1, b.anchor2)  # [outcome, pair]
     rows = composition_rows(model)
-    source = cache_of(model, a.tokens, {row.hook_name for row in rows})
-    start = resid_pre_cache(model, b.tokens)
-    n_pos = b.tokens.shape[1]
-    outcome = torch.empty(len(rows), n_pos, len(pairs), dtype=torch.long)
-    sites = [(r, pos) for r in range(len(rows)) for pos in range(n_pos)]
-    for r, pos in tqdm(sites, desc="composition test", disable=not progress, leave=False):
-        site = rows[r].at(pos)
-        answer = last_logits_with(model, b.tokens, [(site, source[site.hook_name])], start).argmax(-1)  # [pair]
+    outcome = torch.empty(len(rows), b.tokens.shape[1], len(pairs), dtype=torch.long)
+    for r, pos, logits in sweep_logits(model, b.tokens, sources_of(model, a.tokens, rows), "composition test", progress):
+        answer = logits.argmax(-1)  # [pair]
         matches = torch.cat([answer == predicted, torch.ones(1, len(pairs), dtype=torch.bool)])  # [outcome, pair]: 'other' always matches
         outcome[r, pos] = matches.int().argmax(0)  # the first matching outcome
     return CompositionResult(rows, pairs, predicted, outcome, int((~right).sum()))

@@ -23,7 +23,6 @@ forward starts at the patched layer from the corrupted run's cached residual str
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -31,23 +30,17 @@ import plotly.graph_objects as go
 import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from models.hooked import HookedTransformer
 from models.task import AnchorBatch, AnchorTask, KeySplit
 from probes.figures import heatmaps
-from probes.sites import Site, by_role, cache_of, columns, last_logits_with, resid_pre_cache, sweep_rows
+from probes.sites import Site, by_role, columns, last_logits_with, sources_of, sweep_logits, sweep_rows, take
 
 PAIR_KINDS = ("swap_order", "change_anchor1", "change_anchor2", "change_key", "move_key")
 DEFAULT_KINDS = ("resid_pre", "resid_mid", "attn_out", "mlp_out", "z")
 
 
 # ---- prompts and prompt pairs ------------------------------------------------------------
-def take(batch: AnchorBatch, index: Tensor) -> AnchorBatch:
-    """The prompts of `batch` at `index` (a boolean mask or indices)."""
-    return AnchorBatch(*(getattr(batch, f.name)[index] for f in dataclasses.fields(batch)))
-
-
 def sample_prompts(
     task: AnchorTask,
     n: int,
@@ -175,7 +168,7 @@ def _other_key(task: AnchorTask, key: Tensor, key_pos: Tensor, keys: KeySplit, g
     while todo.any():  # resample until different and in the same split
         step = torch.randint(1, span, (int(todo.sum()),), generator=gen)
         new[todo] = task.key_min + (key[todo] - task.key_min + step) % span
-        todo = ~_in_split(task, new, key_pos, keys)
+        todo = ~in_split(task, new, key_pos, keys)
     return new
 
 
@@ -185,11 +178,12 @@ def _other_key_position(task: AnchorTask, key: Tensor, key_pos: Tensor, keys: Ke
     todo = torch.ones_like(key, dtype=torch.bool)
     while todo.any():
         new[todo] = (key_pos[todo] + torch.randint(1, n_pos, (int(todo.sum()),), generator=gen)) % n_pos
-        todo = ~_in_split(task, key, new, keys)
+        todo = ~in_split(task, key, new, keys)
     return new
 
 
-def _in_split(task: AnchorTask, key: Tensor, key_pos: Tensor, keys: KeySplit) -> Tensor:
+def in_split(task: AnchorTask, key: Tensor, key_pos: Tensor, keys: KeySplit) -> Tensor:
+    """Whether each key at its position belongs to the key split `keys`."""
     if keys == "any":
         return torch.ones_like(key, dtype=torch.bool)
     return task.is_test_key(key, key_pos) == (keys == "test")
@@ -325,15 +319,11 @@ def patch_sweep(
     rows = sweep_rows(model, kinds)
     clean_answer, corrupted_answer, keep, clean_logits, corrupted_logits = _answers(model, pairs, answers, answer_names)
     pairs, clean_answer, corrupted_answer = pairs.subset(keep), clean_answer[keep], corrupted_answer[keep]
-    clean_cache = cache_of(model, pairs.clean.tokens, {row.hook_name for row in rows})
-    start = resid_pre_cache(model, pairs.corrupted.tokens)
     n_pos = pairs.clean.tokens.shape[1]
     patched_diff = torch.empty(len(rows), n_pos, len(pairs))
     restored = torch.empty(len(rows), n_pos, len(pairs), dtype=torch.bool)
-    sites = [(r, pos) for r in range(len(rows)) for pos in range(n_pos)]
-    for r, pos in tqdm(sites, desc=title or "patching", disable=not progress, leave=False):
-        site = rows[r].at(pos)
-        logits = last_logits_with(model, pairs.corrupted.tokens, [(site, clean_cache[site.hook_name])], start)
+    clean = sources_of(model, pairs.clean.tokens, rows)
+    for r, pos, logits in sweep_logits(model, pairs.corrupted.tokens, clean, title or "patching", progress):
         patched_diff[r, pos] = logit_diff(logits, clean_answer, corrupted_answer)
         restored[r, pos] = logits.argmax(-1) == clean_answer
     result = PatchingResult(

@@ -1,22 +1,26 @@
 """Where a probe reads or overwrites the forward pass: sites named after TransformerLens hooks,
-the forward pass with sites overwritten, and the role of each position in a prompt.
+the forward pass with sites overwritten, the site-by-position sweep every probe runs, and
+prompts: subsets of a batch and the role of each position.
 
 A `Site` is one hook (`kind` at `layer`), optionally one position and one head:
 `Site("z", 1, pos=3, head=0)` is `blocks.1.attn.hook_z[:, 3, 0]`. Every probe (ablation,
-patching, composition) overwrites sites through `last_logits_with`, so one function holds
-the hook logic and the hook-correctness tests cover all of them.
+patching, composition) overwrites sites through `last_logits_with` (a sweep, one site at
+each position in turn, through `sweep_logits`), so one function holds the hook logic and the
+hook-correctness tests cover all of them.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass, replace
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import einops
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
+from tqdm.auto import tqdm
 from transformer_lens.utilities import apply_softcap, get_act_name
 
 from models.hooked import HookedTransformer
@@ -174,7 +178,36 @@ def resid_pre_cache(model: HookedTransformer, tokens: Int[Tensor, "batch pos"]) 
     return {layer: cache[name] for name, layer in names.items()}
 
 
-# ---- roles of positions ------------------------------------------------------------------
+def sources_of(model: HookedTransformer, tokens: Int[Tensor, "batch pos"], rows: Sequence[Site]) -> list[Patch]:
+    """Each row with its activation on `tokens`: the source run of a patching sweep."""
+    cache = cache_of(model, tokens, {row.hook_name for row in rows})
+    return [(row, cache[row.hook_name]) for row in rows]
+
+
+def sweep_logits(
+    model: HookedTransformer,
+    tokens: Int[Tensor, "batch pos"],
+    rows: Sequence[Patch],
+    desc: str,
+    progress: bool = True,
+) -> Iterator[tuple[int, int, Float[Tensor, "batch d_vocab"]]]:
+    """The sweep of every probe: for each row (a site and its source activation) and each
+    position, the last-position logits of `tokens` with that site overwritten at that
+    position alone, one forward over the whole batch starting at the site's layer.
+    Yields (row index, position, logits), with a progress bar."""
+    start = resid_pre_cache(model, tokens)
+    cells = [(r, pos) for r in range(len(rows)) for pos in range(tokens.shape[1])]
+    for r, pos in tqdm(cells, desc=desc, disable=not progress, leave=False):
+        site, source = rows[r]
+        yield r, pos, last_logits_with(model, tokens, [(site.at(pos), source)], start)
+
+
+# ---- prompts and the roles of their positions ---------------------------------------------
+def take(batch: AnchorBatch, index: Tensor) -> AnchorBatch:
+    """The prompts of `batch` at `index` (a boolean mask or indices)."""
+    return AnchorBatch(*(getattr(batch, f.name)[index] for f in dataclasses.fields(batch)))
+
+
 def by_role(values: Float[Tensor, "... pos batch"], batch: AnchorBatch) -> Float[Tensor, "... role batch"]:
     """Regroup per-position values of each prompt by the role of the position in that prompt
     (ROLES of models.task): the mean over the positions of each role (one position each, but
