@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 from interp import report
-from interp.flow import trace_flow, trace_flows
+from interp.flow import flow_prompts, trace_flow, trace_flows
 from models import hooked
 from models.files import write_text_atomic
 
@@ -55,7 +55,7 @@ def one_prompt(model, task, rounds: int) -> dict:
 
 
 def batched(model, task, n: int) -> dict:
-    prompts = task.sample(n, torch.Generator().manual_seed(0), pairs=task.pairs, keys="any")
+    prompts = flow_prompts(task, n)
     start = time.perf_counter()
     flows = trace_flows(model, prompts, task)
     traced = time.perf_counter() - start

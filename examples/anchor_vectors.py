@@ -23,7 +23,7 @@ for name in sys.argv[1:] or list(report.SHIPPED):
     for hook in vectors.hooks:
         coords, explained = vectors.pca(hook)
         rows.setdefault(f"PCA at {hook}", []).append((name, figures.vector_scatter(vectors, coords, f"explained {explained[0]:.2f}, {explained[1]:.2f}")))
-    keys = range((task.key_min + task.key_max) // 2 - 4, (task.key_min + task.key_max) // 2 + 4)
+    keys = report.mid_keys(task)
     rows.setdefault("Cosine similarity after the last layer (paper Fig. 4)", []).append((name, figures.cosine_figure(vectors, -1, keys)))
     rows.setdefault("Scores per layer", []).append((name, figures.vector_scores_figure(vectors.scores())))
 print(f"written to {report.write_page(OUT / 'anchor_vectors.html', 'Anchor vectors', list(rows.items()))}")

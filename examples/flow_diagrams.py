@@ -9,10 +9,8 @@ flow between roles over many prompts and the route it names.
 import argparse
 from pathlib import Path
 
-import torch
-
 import models
-from interp import figures, report, trace_flow, trace_flows
+from interp import figures, flow_prompts, report, trace_flow, trace_flows
 
 OUT = Path("out/interp")
 
@@ -25,7 +23,7 @@ diagrams, role_flows = [], []
 for name in args.models:
     model, task = models.load(name), models.hooked.task_of(name)
     flow = trace_flow(model, args.prompt or report.example_prompt(task), task)
-    flows = trace_flows(model, task.sample(2000, torch.Generator().manual_seed(0), pairs=task.pairs, keys="any"), task)
+    flows = trace_flows(model, flow_prompts(task, 2000), task)
     print(f"== {name}: this prompt -> {flow.prediction}\n{flows.route()}\n")
     diagrams.append((name, figures.flow_diagram(flow)))
     role_flows.append((name, figures.role_flow_figure(flows.role_flow(), flows.uniform_role_flow())))

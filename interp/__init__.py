@@ -15,6 +15,7 @@ from importlib import import_module
 _EXPORTS = {
     "trace_flow": "interp.flow",
     "trace_flows": "interp.flow",
+    "flow_prompts": "interp.flow",
     "Flow": "interp.flow",
     "FlowBatch": "interp.flow",
     "Route": "interp.flow",

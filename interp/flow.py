@@ -143,6 +143,12 @@ def _prompts_of(prompts: Sequence[PromptLike] | Tensor | AnchorBatch, task: Anch
     return prompts if isinstance(prompts, AnchorBatch) else task.prompts(prompts)
 
 
+def flow_prompts(task: AnchorTask, n: int, seed: int = 0) -> AnchorBatch:
+    """`n` random prompts of every pair (held-out and trap included), any key: what mean
+    role flows and route summaries average over."""
+    return task.sample(n, torch.Generator().manual_seed(seed), pairs=task.pairs, keys="any")
+
+
 def trace_flows(model: HookedTransformer, prompts: Sequence[PromptLike] | Tensor | AnchorBatch, task: AnchorTask = AnchorTask()) -> FlowBatch:
     """Flow for many prompts at once (a list of prompts, a [batch, pos] token tensor, or an
     AnchorBatch), with tensor ops only: no Python loop per prompt."""

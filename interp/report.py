@@ -22,7 +22,7 @@ from plotly.offline import get_plotlyjs
 from tqdm.auto import tqdm
 
 from interp.complexity import Complexity, weight_complexity
-from interp.flow import Flow, FlowBatch, Route, trace_flow, trace_flows
+from interp.flow import Flow, FlowBatch, Route, flow_prompts, trace_flow, trace_flows
 from interp.vectors import AnchorVectors, anchor_grid, anchor_vectors
 from models import hooked
 from models.files import write_text_atomic
@@ -95,7 +95,7 @@ def example_prompt(task: AnchorTask) -> torch.Tensor:
 def analyze(name: str, n_flow_prompts: int = N_FLOW_PROMPTS, probes: bool = True) -> ModelAnalysis:
     """Load a shipped model or checkpoint folder and measure everything the report shows."""
     model, task = hooked.load(name), hooked.task_of(name)
-    flows = trace_flows(model, task.sample(n_flow_prompts, torch.Generator().manual_seed(0), pairs=task.pairs, keys="any").tokens, task)
+    flows = trace_flows(model, flow_prompts(task, n_flow_prompts), task)
     reader = min(1, model.cfg.n_layers - 1)  # the paper's layer 2 (ours 1) reads the anchors
     return ModelAnalysis(
         name=name,
@@ -113,7 +113,8 @@ def analyze(name: str, n_flow_prompts: int = N_FLOW_PROMPTS, probes: bool = True
 
 
 # ---- figures -------------------------------------------------------------------------------
-def _mid_keys(task: AnchorTask, n: int = 8) -> list[int]:
+def mid_keys(task: AnchorTask, n: int = 8) -> list[int]:
+    """`n` consecutive keys around the middle of the key range (the cosine figures' keys)."""
     start = (task.key_min + task.key_max - n) // 2
     return list(range(start, start + n))
 
@@ -130,7 +131,7 @@ def sections(a: ModelAnalysis) -> list[tuple[str, Content]]:
 def _interp_sections(a: ModelAnalysis) -> list[tuple[str, Content]]:
     from interp import figures
 
-    keys = _mid_keys(a.task)
+    keys = mid_keys(a.task)
     out: list[tuple[str, Content]] = [
         ("Information flow of one (4,3) prompt (paper Fig. 3a)", figures.flow_diagram(a.example)),
         ("Attention patterns of that prompt, every layer and head", figures.attention_heatmaps(a.example)),
@@ -143,7 +144,7 @@ def _interp_sections(a: ModelAnalysis) -> list[tuple[str, Content]]:
         coords, explained = a.vectors.pca(hook)
         out.append((f"PCA of the last position at {hook} (x: (4,3), diamond: (3,4))",
                     figures.vector_scatter(a.vectors, coords, f"explained variance {explained[0]:.2f}, {explained[1]:.2f}")))
-    tsne_keys = _mid_keys(a.task, 20)  # t-SNE is slow: 20 keys x 16 pairs
+    tsne_keys = mid_keys(a.task, 20)  # t-SNE is slow: 20 keys x 16 pairs
     few = a.vectors.select(torch.isin(a.vectors.prompts.key, torch.tensor(tsne_keys)))
     out.append((f"t-SNE of the last position after layer 0, keys {tsne_keys[0]}..{tsne_keys[-1]} x all pairs",
                 figures.vector_scatter(few, few.tsne(0), "t-SNE (mirrored pairs collapse in a symmetric model)", ("t-SNE 1", "t-SNE 2"))))
