@@ -21,17 +21,11 @@ import torch.nn.functional as F
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from interp.flow import check_index
 from models.hooked import HookedTransformer, check_model_fits_task, weight_names
 from models.task import AnchorTask
 
 CONDENSATION_THRESHOLD = 0.7
-
-
-def _check_layer(model: HookedTransformer, layer: int) -> int:
-    n = model.cfg.n_layers
-    if not isinstance(layer, int) or not -n <= layer < n:
-        raise ValueError(f"layer {layer!r} does not exist: the model has {n} layers (0..{n - 1})")
-    return layer % n
 
 
 @dataclass(frozen=True)
@@ -72,7 +66,7 @@ def wq_condensation(model: HookedTransformer, layer: int = 0, threshold: float =
 
     if not 0 < threshold < 1:
         raise ValueError(f"condensation threshold must be in (0, 1), got {threshold}")
-    layer = _check_layer(model, layer)
+    layer = check_index("layer", layer, model.cfg.n_layers)
     neurons = einops.rearrange(model.blocks[layer].attn.W_Q.detach(), "h d e -> (h e) d")  # [neuron, d_model]
     unit = F.normalize(neurons, dim=-1)
     cosine = unit @ unit.T

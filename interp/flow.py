@@ -164,7 +164,8 @@ def trace_flow(model: HookedTransformer, prompt: PromptLike, task: AnchorTask = 
 
 
 # ---- results ------------------------------------------------------------------------------
-def _check_index(what: str, index: int, size: int) -> int:
+def check_index(what: str, index: int, size: int) -> int:
+    """`index` as a non-negative index into `size` things; a clear error when out of range."""
     if not isinstance(index, int) or not -size <= index < size:
         raise ValueError(f"{what} {index!r} does not exist: the model has {size} {what}s (0..{size - 1})")
     return index % size
@@ -212,7 +213,7 @@ class Flow:
 
     def head(self, layer: int, head: int) -> Float[Tensor, "dst src"]:
         """One head's pattern; a clear error for a layer or head the model lacks."""
-        return self.attention[_check_index("layer", layer, self.n_layers), _check_index("head", head, self.n_heads)]
+        return self.attention[check_index("layer", layer, self.n_layers), check_index("head", head, self.n_heads)]
 
     @property
     def roles(self) -> list[str]:
@@ -252,7 +253,7 @@ class FlowBatch:
         return len(self.prompts)
 
     def __getitem__(self, i: int) -> Flow:
-        i = _check_index("prompt", i, len(self))
+        i = check_index("prompt", i, len(self))
         return Flow(self.prompts.tokens[i], int(self.prompts.key_pos[i]), self.attention[i], self.value_norms[i], int(self.prediction[i]))
 
     def flow(self, kind: FlowKind = "value") -> Float[Tensor, "batch layer dst src"]:
