@@ -1,7 +1,8 @@
 # Two commands do everything on a fresh machine:
-#   make report   the main job: a report of the shipped models (report.html)
-#   make test     install and run the test suite
-# torch goes in first, alone: resolved as a dependency it would pull a multi-GB CUDA build.
+#   make report   the main job: classify the shipped models and write report.html
+#   make test     install everything (Ray and headless Chromium included) and run the tests
+# torch goes in first, alone: left for pip to resolve as a dependency it pulls a multi-GB
+# CUDA build.
 PYTHON ?= python3
 VENV   ?= .venv
 BIN     = $(VENV)/bin
@@ -13,15 +14,19 @@ $(BIN)/activate:
 
 $(VENV)/.installed: $(BIN)/activate pyproject.toml
 	$(BIN)/pip install --quiet $(TORCH)
-	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/pip install --quiet -e '.[test,ray]'
 	touch $@
 
 install: $(VENV)/.installed
 
+# The report test renders the HTML report in a real headless browser.
+chromium:
+	@command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium >/dev/null)
+
 report: install
 	$(BIN)/anchor-interp report
 
-test: install
+test: install chromium
 	$(BIN)/python -m pytest
 
-.PHONY: install report test
+.PHONY: install chromium report test
