@@ -27,6 +27,7 @@ from interp.vectors import AnchorVectors, anchor_grid, anchor_vectors
 from models import hooked
 from models.files import write_text_atomic
 from models.task import AnchorTask
+from probes.report import report_sections
 from probes.solution import Classification, classify
 
 SHIPPED = ("inferential", "symmetric")
@@ -79,13 +80,6 @@ class ModelAnalysis:
         }
 
 
-def _probe_sections(name: str, model: hooked.HookedTransformer, task: AnchorTask) -> list[tuple[str, go.Figure]]:
-    import probes
-
-    report_sections = getattr(probes, "report_sections", None)  # the causal probes, when installed
-    return list(report_sections(name, model, task)) if report_sections else []
-
-
 def example_prompt(task: AnchorTask) -> torch.Tensor:
     """A held-out-pair (4,3) prompt with a mid-range key at key position 2."""
     key = (task.key_min + task.key_max) // 2
@@ -108,7 +102,7 @@ def analyze(name: str, n_flow_prompts: int = N_FLOW_PROMPTS, probes: bool = True
         vectors=anchor_vectors(model, task),
         value_vectors=anchor_vectors(model, task, hooks=[f"blocks.{reader}.attn.hook_v"], position="anchor1"),
         complexity=weight_complexity(model, task),
-        probe_sections=_probe_sections(name, model, task) if probes else [],
+        probe_sections=list(report_sections(name, model, task)) if probes else [],
     )
 
 

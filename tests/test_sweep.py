@@ -47,7 +47,7 @@ def test_grid_expands_as_a_product_with_the_first_axis_outermost():
     last = cells[-1].config
     assert (last.seed, last.n_layers, last.gamma, last.lr) == (1, 3, 1.0, 1e-3)
     assert last.arch == {"d_model": 32, "d_head": 16}  # architecture names go to TrainConfig.arch
-    assert last.max_steps == 3000 and last.weight_decay == 0.1  # the rest: TrainConfig defaults
+    assert last.max_steps == 3000 and last.weight_decay == 2.0  # the rest: TrainConfig defaults
 
 
 def test_a_toml_file_and_flags_give_the_same_spec(tmp_path):
@@ -65,8 +65,8 @@ def test_the_shipped_default_grid():
     spec = SweepSpec.from_toml("default")
     cells = spec.cells()
     assert list(spec.grid)[0] == "seed"  # seeds outermost: a half-done sweep is a whole diagram
-    assert set(spec.grid["gamma"]) >= {0.3, 0.5, 0.8, 1.0} and len(spec.grid["n_layers"]) >= 2
-    assert len(cells) == 32 and spec.fixed == {}  # sized to about an hour on 2 cores
+    assert set(spec.grid["gamma"]) >= {0.3, 0.8, 1.0} and len(spec.grid["n_layers"]) >= 2
+    assert len(cells) == 36 and spec.fixed == {}  # sized to about an hour on 2 cores
 
 
 @pytest.mark.parametrize(
@@ -244,7 +244,7 @@ def test_cli_refuses_bad_input_in_one_line(tmp_path, capsys, monkeypatch):
     assert "no sweep database at" in cli_error(capsys, "--db", str(tmp_path / "none.db"), "--resume")
 
     assert cli.main(["sweep", "--spec", "default", "--db", str(tmp_path / "d.db"), "--dry-run"]) == 0
-    assert "32 cells: seed [0, 1] x n_layers" in capsys.readouterr().out and not (tmp_path / "d.db").exists()
+    assert "36 cells: seed [0, 1, 2] x n_layers [2, 3]" in capsys.readouterr().out and not (tmp_path / "d.db").exists()
 
     monkeypatch.setitem(sys.modules, "ray", None)  # as if Ray were not installed
     assert "pip install 'anchor-interp[ray]'" in cli_error(capsys, "--db", str(tmp_path / "r.db"), "--executor", "ray", "--grid", "gamma=0.5", *[a for s in TINY for a in ("--set", s)])
@@ -261,12 +261,12 @@ def test_resume_refuses_a_database_made_with_other_training_defaults(tmp_path):
 
     db = tmp_path / "old.db"
     spec = tiny_spec("gamma=0.3,0.8")
-    # As if TrainConfig's default lr had been 1e-3 when this sweep started.
-    old_cells = [dataclasses.replace(c, config=dataclasses.replace(c.config, lr=1e-3)) for c in spec.cells()]
+    # As if TrainConfig's default lr had been 3e-4 when this sweep started.
+    old_cells = [dataclasses.replace(c, config=dataclasses.replace(c.config, lr=3e-4)) for c in spec.cells()]
     SweepStore.create(db, spec, old_cells).close()
-    with pytest.raises(ValueError, match=r"the training defaults changed since it started \(cell 0: lr 0.001 -> 0.0003\)"):
+    with pytest.raises(ValueError, match=r"the training defaults changed since it started \(cell 0: lr 0.0003 -> 0.001\)"):
         run_sweep(spec, db, resume=True, progress=False)
-    assert [c.config.lr for c in SweepStore(db).cells()] == [1e-3, 1e-3]  # resuming without a grid keeps its own
+    assert [c.config.lr for c in SweepStore(db).cells()] == [3e-4, 3e-4]  # resuming without a grid keeps its own
 
 
 def test_a_second_live_sweep_on_the_same_database_is_refused(tmp_path):

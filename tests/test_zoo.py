@@ -1,0 +1,54 @@
+"""The shipped reference models: made by the repo's own train command, and meeting their
+targets under an independent evaluation (probes.classify on a fresh grid of prompts)."""
+
+import shlex
+
+import pytest
+import torch
+
+import models
+from interp import cli
+from models import hooked
+from models.train import TrainConfig
+from probes.solution import classify
+
+TARGETS = {"inferential": "inferential_test_keys", "symmetric": "symmetric_test_keys"}
+
+
+@pytest.mark.parametrize("name", sorted(TARGETS))
+def test_shipped_model_meets_its_target(name):
+    result = classify(models.load(name), models.hooked.task_of(name), n_noise=8)
+    assert result.label == name
+    assert getattr(result, TARGETS[name]) >= 0.95
+    assert result.seen_test_keys >= 0.98 and result.seen_train_keys >= 0.98
+
+
+@pytest.mark.parametrize("name", sorted(TARGETS))
+def test_card_names_the_command_that_made_it(name):
+    card = models.card(name)
+    args = cli.build_parser().parse_args(shlex.split(card["command"])[1:])
+    assert shlex.split(card["command"])[:2] == ["anchor-interp", "train"]
+    assert args.seed == card["seed"] and args.out == f"models/zoo/{name}"
+    assert args.gamma == card["gamma"]
+    # The command's settings are the recipe recorded beside it, and build this config.
+    config = TrainConfig.from_recipe(card["recipe"], card["seed"])
+    assert config.gamma == args.gamma and config.lr == args.lr and config.weight_decay == args.weight_decay
+    assert hooked.read_json(hooked.resolve(name) / hooked.CONFIG_FILE) == config.hooked_config()
+    assert card["wall_seconds"] > 0 and card["metrics"]["label"] == name
+    assert card["init_std"]["embed.W_E"] == pytest.approx(config.hooked_config()["d_model"] ** -config.gamma)
+
+
+def test_shipped_models_differ_only_where_the_recipe_says():
+    inferential, symmetric = (models.card(n)["recipe"] for n in ("inferential", "symmetric"))
+    differing = {k for k in inferential if inferential[k] != symmetric[k]}
+    assert "gamma" in differing
+    shared = models.load("inferential").cfg
+    assert (shared.d_model, shared.n_layers) == (models.load("symmetric").cfg.d_model, models.load("symmetric").cfg.n_layers)
+
+
+def test_shipped_models_answer_the_paper_example():
+    # 23 1 2 ... -> 23 + 5 + 1 = 29, a trained pair with a train key.
+    for name in TARGETS:
+        logits = models.load(name)(models.AnchorTask().prompt("23 1 2 43 46 74 54 44 72").tokens)
+        assert int(logits[0, -1].argmax()) == 29
+        assert torch.isfinite(logits).all()
