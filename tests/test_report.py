@@ -12,7 +12,6 @@ from pathlib import Path
 import plotly.graph_objects as go
 import pytest
 
-import probes
 from interp import report
 from interp.cli import main
 from models import hooked
@@ -111,13 +110,11 @@ def test_every_figure_draws_in_headless_chromium(built, tmp_path):
     assert dom.count('class="main-svg"') >= 2 * n_figures
 
 
-def test_probe_sections_line_up_side_by_side(built, monkeypatch):
-    def report_sections(name, model, task):
+def test_probe_sections_line_up_side_by_side(built):
+    def report_sections(name):  # what probes.report_sections yields: (title prefixed with the model, figure)
         return [(f"{name}: composition test", go.Figure(go.Bar(y=[1, 2])))]
 
-    monkeypatch.setattr(probes, "report_sections", report_sections, raising=False)
-    model = hooked.build(0.5, seed=0, **TINY)
-    analyses = [dataclasses.replace(a, probe_sections=report._probe_sections(a.name, model, a.task)) for a in built[2]]
+    analyses = [dataclasses.replace(a, probe_sections=report_sections(a.name)) for a in built[2]]
     page = report.render_html(analyses)
     assert page.count("<h2>Causal probes: composition test</h2>") == 1  # one row, a cell per model
     assert len(FIGURE_DIV.findall(page)) == len(FIGURE_DIV.findall(report.render_html(built[2]))) + 2
