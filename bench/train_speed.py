@@ -100,14 +100,20 @@ def steps_per_second(config: TrainConfig, rounds: int, steps: int) -> dict:
 def time_to_solution(name: str) -> dict:
     card = models.card(name)
     config = TrainConfig.from_recipe(card["recipe"], card["seed"])
+    # The card's thread count too: float summation order, hence the trajectory, depends on it.
+    threads = card.get("threads") or torch.get_num_threads()
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
         _, new_card = models.train_to_folder(config, Path(tmp) / name, progress=True)
         wall = time.perf_counter() - start
+    torch.set_num_threads(previous_threads)
     m = new_card["metrics"]
     return {
         "command": card["command"],
         "wall_seconds": wall,
+        "torch_threads": threads,
         "steps": new_card["steps"],
         "label": m["label"],
         "seen_test_keys": m["seen_test_keys"],
@@ -137,7 +143,7 @@ def main() -> None:
         for name in ("inferential", "symmetric"):
             row = time_to_solution(name)
             result["time_to_solution"][name] = row
-            print(f"{name:12s} {row['wall_seconds']:.0f} s wall, {row['steps']} steps -> {row['label']} "
+            print(f"{name:12s} {row['wall_seconds']:.0f} s wall ({row['torch_threads']} thread(s)), {row['steps']} steps -> {row['label']} "
                   f"(seen {row['seen_test_keys']:.3f}, (4,3) inferential {row['inferential_test_keys']:.3f}, "
                   f"symmetric {row['symmetric_test_keys']:.3f})")
     write_text_atomic(RESULTS, json.dumps(result, indent=2) + "\n")

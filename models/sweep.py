@@ -474,7 +474,7 @@ def run_cell(cell: Cell, threads: int, checkpoint: str | None = None) -> dict[st
     start = time.perf_counter()
     if checkpoint:
         try:
-            command = train_command(cell.config, checkpoint)
+            command = train_command(cell.config, checkpoint, threads=threads)
         except ValueError:  # task/betas overrides have no train flag
             command = f"anchor-interp sweep cell {cell.id} {json.dumps(cell.params)}"
         result, card = train_to_folder(cell.config, checkpoint, overwrite=True, progress=False, command=command)

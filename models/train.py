@@ -264,8 +264,9 @@ def settled(history: list[dict[str, float]], config: TrainConfig) -> bool:
     return all(max(r[k] for r in recent) - min(r[k] for r in recent) < config.settle_tol for k in ("inferential", "symmetric"))
 
 
-def train_command(config: TrainConfig, out: str | Path) -> str:
-    """The `anchor-interp train` command line that reproduces `config` into `out`."""
+def train_command(config: TrainConfig, out: str | Path, threads: int | None = None) -> str:
+    """The `anchor-interp train` command line that reproduces `config` into `out`, with
+    `--threads` when given: the float summation order, hence the exact run, depends on it."""
     defaults = TrainConfig()
     args = ["anchor-interp", "train", "--gamma", str(config.gamma), "--layers", str(config.n_layers)]
     for f in dataclasses.fields(TrainConfig):
@@ -282,6 +283,8 @@ def train_command(config: TrainConfig, out: str | Path) -> str:
         args += ["--arch", f"{key}={value}"]
     if config.task != defaults.task or config.betas != defaults.betas:
         raise ValueError("task and betas overrides have no command-line flag; record them in the card instead")
+    if threads is not None:
+        args += ["--threads", str(threads)]
     args += ["--seed", str(config.seed), "--out", str(out)]
     return shlex.join(args)
 
@@ -325,7 +328,7 @@ def train_to_folder(config: TrainConfig, out: str | Path, overwrite: bool = Fals
     from probes.solution import classify  # probes builds on models: import here, not at the top
 
     out = Path(out)
-    command = command or train_command(config, out)
+    command = command or train_command(config, out, threads=torch.get_num_threads())
     # Refuse a folder holding another model before spending minutes on training.
     hooked._check_out_dir(out, config.hooked_config(), {"recipe": config.recipe(), "seed": config.seed}, overwrite)
     result = train(config, progress=progress)

@@ -118,6 +118,7 @@ def test_train_command_writes_checkpoint_and_card(tmp_path, capsys):
     command = shlex.split(card["command"])
     assert command[:2] == ["anchor-interp", "train"]
     assert command[command.index("--seed") + 1] == "3" and command[command.index("--out") + 1] == str(out)
+    assert command[command.index("--threads") + 1] == str(torch.get_num_threads()) == str(card["threads"])
 
     # The card's command reproduces the same model bit for bit.
     again = tmp_path / "again"
