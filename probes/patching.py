@@ -254,7 +254,8 @@ class PatchingResult:
     def summary(self) -> str:
         top = "; ".join(f"{row} @ {col}: {m:.2f} (restored {r:.0%})" for row, col, m, r in self.best())
         return (
-            f"{self.title}: {len(self.pairs)} pairs ({self.n_dropped} left out), "
+            f"{self.title}: {len(self.pairs)} pairs ({self.n_dropped} left out: the runs did not give "
+            f"{self.answer_names[0]} and {self.answer_names[1]}), "
             f"{self.answer_names[0]} vs {self.answer_names[1]}; top sites: {top}"
         )
 
