@@ -149,6 +149,7 @@ def _add_report(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default="report.html", help="HTML file to write (default %(default)s)")
     p.add_argument("--flow-prompts", type=int, default=2000, help="random prompts averaged in the flow figures (default %(default)s)")
     p.add_argument("--no-probes", dest="probes", action="store_false", help="leave out the causal probes (the slowest sections)")
+    p.add_argument("--no-models", dest="models", action="store_false", help="only the sweep databases given, no model sections")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(run=_run_report)
 
@@ -158,7 +159,7 @@ def _run_report(args: argparse.Namespace) -> None:
 
     if args.flow_prompts < 1:
         raise ValueError(f"--flow-prompts must be >= 1, got {args.flow_prompts}")
-    out, analyses = build_report(args.targets, args.out, n_flow_prompts=args.flow_prompts, probes=args.probes, progress=not args.quiet)
+    out, analyses = build_report(args.targets, args.out, n_flow_prompts=args.flow_prompts, probes=args.probes, progress=not args.quiet, models=args.models)
     if analyses:
         print(table_text(classification_table(analyses)))
     print(f"report written to {out}")

@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 
 from interp.complexity import Complexity, weight_complexity
 from interp.flow import Flow, FlowBatch, Route, flow_prompts, trace_flow, trace_flows
+from interp.sweep_report import sweep_sections
 from interp.vectors import AnchorVectors, anchor_grid, anchor_vectors
 from models import hooked
 from models.files import write_text_atomic
@@ -238,14 +239,6 @@ def write_page(path: str | os.PathLike, title: str, sections: Sequence[tuple[str
     return write_text_atomic(path, page(title, [side_by_side(t, cells) for t, cells in sections]))
 
 
-def sweep_sections(db_path: str) -> list[tuple[str, go.Figure]]:
-    try:
-        from interp.sweep_report import sweep_sections as sections_of_db
-    except ImportError as err:
-        raise ValueError(f"cannot render sweep {db_path}: interp.sweep_report is not available ({err})") from None
-    return sections_of_db(db_path)
-
-
 def report_targets(targets: Sequence[str]) -> tuple[list[str], list[str]]:
     """(models, sweep databases): arguments ending in .db are sweeps; no model given means
     both shipped models."""
@@ -253,10 +246,14 @@ def report_targets(targets: Sequence[str]) -> tuple[list[str], list[str]]:
     return [str(t) for t in targets if not str(t).endswith(".db")] or list(SHIPPED), dbs
 
 
-def build_report(targets: Sequence[str] = (), out: str | os.PathLike = "report.html", n_flow_prompts: int = N_FLOW_PROMPTS, probes: bool = True, progress: bool = True) -> tuple[Path, list[ModelAnalysis]]:
-    """Analyse every model (no model given: both shipped ones) and render every sweep
-    database (arguments ending in .db) into one HTML file."""
+def build_report(targets: Sequence[str] = (), out: str | os.PathLike = "report.html", n_flow_prompts: int = N_FLOW_PROMPTS, probes: bool = True, progress: bool = True, models: bool = True) -> tuple[Path, list[ModelAnalysis]]:
+    """Analyse every model (no model given: both shipped ones; `models=False`: none) and
+    render every sweep database (arguments ending in .db) into one HTML file."""
     names, dbs = report_targets(targets)
+    if not models:
+        if not dbs:
+            raise ValueError("--no-models leaves nothing to report: give a sweep database (a .db file)")
+        names = []
     for name in names:  # fail fast on a bad argument, before minutes of work
         hooked.resolve(name)
     for db in dbs:

@@ -131,12 +131,22 @@ def test_no_argument_means_both_shipped_models():
     [
         (["no-such-model"], "no checkpoint folder at 'no-such-model'"),
         (["--flow-prompts", "0"], "--flow-prompts must be >= 1"),
+        (["--no-models"], "--no-models leaves nothing to report: give a sweep database"),
     ],
 )
 def test_bad_arguments_give_one_line_errors(argv, message, tmp_path):
     code, _, stderr = run_cli("report", *argv, "--out", str(tmp_path / "r.html"), "--quiet")
     assert code == 2 and message in stderr and len(stderr.strip().splitlines()) == 1
     assert not (tmp_path / "r.html").exists()
+
+
+def test_a_sweep_alone_with_no_models(sweep_db, tmp_path):
+    out = tmp_path / "phase.html"
+    code, stdout, stderr = run_cli("report", sweep_db, "--no-models", "--out", str(out), "--quiet")
+    assert code == 0, stderr
+    page = out.read_text()
+    assert "Phase diagram" in page and "Classification and summary" not in page
+    assert len(FIGURE_DIV.findall(page)) == 3  # the sweep's status, phase diagram and curves
 
 
 def test_missing_sweep_database_is_refused(checkpoints, tmp_path):
