@@ -17,7 +17,7 @@ import torch
 
 from interp import cli
 from interp.sweep_report import cell_table, phase_table, sweep_sections
-from models.sweep import Cell, SweepSpec, SweepStore, run_cell, run_sweep
+from models.sweep import Cell, SweepSpec, SweepStore, results, run_cell, run_sweep
 
 REPO = Path(__file__).resolve().parents[1]
 # Tiny cells: a 16-wide model, a few steps, one evaluation.
@@ -68,6 +68,24 @@ def test_the_shipped_default_grid():
     assert set(spec.grid["gamma"]) >= {0.3, 0.8} and len(spec.grid["n_layers"]) >= 2
     assert len(cells) == 42  # sized to about an hour on 2 cores
     assert spec.fixed == {"lr": 3e-4, "weight_decay": 0.1, "max_steps": 1500}
+
+
+SHIPPED_DB = Path(__file__).parents[1] / "models" / "sweeps" / "default.db"
+
+
+def test_the_shipped_phase_diagram_is_the_default_sweep_and_shows_the_papers_result():
+    """models/sweeps/default.db was made by `anchor-interp sweep --spec default` (same grid,
+    every cell done) and shows, in seed means at depth 2: symmetric at the smallest gamma
+    that fits, inferential at the largest."""
+    meta, rows = results(SHIPPED_DB)
+    assert SweepSpec.from_dict(meta["spec"]) == SweepSpec.from_toml("default")
+    assert {r["status"] for r in rows} == {"done"} and len(rows) == len(SweepSpec.from_toml("default").cells())
+    phase = phase_table(cell_table(meta, rows), []).query("n_layers == 2").sort_values("gamma")
+    fitted = phase[phase["seen_test_keys"] >= 0.9]
+    smallest, largest = fitted.iloc[0], fitted.iloc[-1]
+    assert smallest["gamma"] < largest["gamma"]
+    assert smallest["symmetric_test_keys"] > smallest["inferential_test_keys"], smallest.to_dict()
+    assert largest["inferential_test_keys"] > largest["symmetric_test_keys"], largest.to_dict()
 
 
 @pytest.mark.parametrize(
