@@ -31,6 +31,7 @@ from interp import report
 from interp.flow import flow_prompts, trace_flow, trace_flows
 from models import hooked
 from models.files import write_text_atomic
+from probes.report import report_sections
 
 RESULTS = Path(__file__).parent / "results" / "interp_speed.json"
 PROMPT = "23 1 2 43 46 74 54 44 72"
@@ -76,7 +77,7 @@ def full_report(names: list[str]) -> dict:
         stages["analyses"] += time.perf_counter() - start
         start = time.perf_counter()
         model, task = hooked.load(name), hooked.task_of(name)
-        analyses.append(dataclasses.replace(analysis, probe_sections=report._probe_sections(name, model, task)))
+        analyses.append(dataclasses.replace(analysis, probe_sections=list(report_sections(name, model, task))))
         stages["probes"] += time.perf_counter() - start
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
