@@ -75,7 +75,7 @@ class ModelAnalysis:
             "(4,3) vector, last layer: cos with x-10 / x-6 targets":
                 f"{scores[last]['held_out_vs_inferential_targets']:.2f} / {scores[last]['held_out_vs_symmetric_targets']:.2f}",
             "(4,3) vs (3,4) cosine after layer 0": f"{first['mirror_pair_cosine']:.2f} (other pairs {first['other_pairs_cosine']:.2f})",
-            f"W_Q groups (cos > {cond['threshold']})": f"{cond['n_groups']} of {cond['n_neurons']} neurons",
+            f"W_Q neuron groups (cos > {cond['threshold']})": f"{cond['n_neurons']} neurons in {cond['n_groups']} groups",
             "key embedding ordinal R^2": f"{self.complexity.embedding.ordinal_r2:.2f}",
             "mean stable rank of weights": f"{sum(ranks.values()) / len(ranks):.1f}",
         }
