@@ -52,7 +52,7 @@ from models.hooked import HookedTransformer
 from models.task import AnchorTask, KeySplit
 from probes.figures import heatmaps
 from probes.patching import PromptPairs, in_split, sample_prompts
-from probes.sites import Site, by_role, columns, last_logits_with, sources_of, sweep_logits, take
+from probes.sites import Site, by_role, columns, last_logits_with, sources_of, stream_rows, sweep_logits, take
 
 OUTCOMES = ("compositional", "unchanged", "copied_a", "key_only", "anchor_only", "pair_only", "other")
 FIGURE_OUTCOMES = ("compositional", "copied_a", "pair_only")  # composing, carrying everything, fused anchors
@@ -161,8 +161,7 @@ class CompositionResult:
 def composition_rows(model: HookedTransformer) -> list[Site]:
     """The residual stream before and after each sublayer, and what each sublayer wrote
     (attn_out: what attention moved into a position, without the position's own token)."""
-    rows = [Site(kind, layer) for layer in range(model.cfg.n_layers) for kind in ("resid_pre", "attn_out", "resid_mid", "mlp_out")]
-    return rows + [Site("resid_post", model.cfg.n_layers - 1)]
+    return stream_rows(model, ("resid_pre", "attn_out", "resid_mid", "mlp_out"))
 
 
 def composition_test(

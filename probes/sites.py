@@ -109,10 +109,10 @@ def sweep_rows(model: HookedTransformer, kinds: Sequence[str]) -> list[Site]:
     return rows
 
 
-def stream_rows(model: HookedTransformer) -> list[Site]:
-    """The residual stream at every point: before and after each attention, and at the end."""
-    rows = [Site(kind, layer) for layer in range(model.cfg.n_layers) for kind in ("resid_pre", "resid_mid")]
-    return rows + [Site("resid_post", model.cfg.n_layers - 1)]
+def stream_rows(model: HookedTransformer, kinds: Sequence[str] = ("resid_pre", "resid_mid")) -> list[Site]:
+    """Points along the forward pass, layer by layer (default: the residual stream before and
+    after each attention), and the residual stream at the end."""
+    return sweep_rows(model, kinds) + [Site("resid_post", model.cfg.n_layers - 1)]
 
 
 # ---- the forward pass with sites overwritten ------------------------------------------
