@@ -32,7 +32,7 @@ How to read it: `fraction("compositional")` per site (rows) x position (or role:
 anchor1, anchor2, noise, last). A composing (inferential) model has a site where it is near 1: wherever
 the key and the first anchor meet without the second anchor. In the trained inferential
 model (2 layers, 1 head) it is what layer 0's attention writes into the second anchor's
-position (L0 attn_out @ anchor2: 0.99), where the key and a1 are gathered and a2's own token
+position (L0 attn_out @ anchor2: 1.00 for the shipped model), where the key and a1 are gathered and a2's own token
 adds the second step; in the handmade composer of the tests it is the first anchor's
 position after layer 0. A lookup (symmetric) model has no such site: its anchors fuse,
 order-free, at the last position (pair_only there) and the key joins them afterwards, so
