@@ -33,7 +33,6 @@ from torch import Tensor
 
 from models.hooked import HookedTransformer, check_model_fits_task
 from models.task import ROLES, AnchorBatch, AnchorTask, role_membership
-from probes.sites import take
 
 POSITIONS = tuple(role for role in ROLES if role != "noise")  # the roles held by one position each
 DEFAULT_KEY_POS = 2
@@ -129,7 +128,7 @@ class AnchorVectors:
 
     def select(self, keep: Tensor) -> AnchorVectors:
         """The same vectors for the prompts in `keep` (a mask or an index) only."""
-        return AnchorVectors(self.hooks, self.position, self.vectors[:, keep], take(self.prompts, keep), self.task)
+        return AnchorVectors(self.hooks, self.position, self.vectors[:, keep], self.prompts.subset(keep), self.task)
 
     def is_pair(self, pair: tuple[int, int]) -> Tensor:
         return (self.prompts.anchor1 == pair[0]) & (self.prompts.anchor2 == pair[1])

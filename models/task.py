@@ -17,7 +17,7 @@ sequence and never trained on.
 from __future__ import annotations
 
 import itertools
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Literal, Sequence, Union
 
 import torch
@@ -42,6 +42,10 @@ class AnchorBatch:
 
     def __len__(self) -> int:
         return self.tokens.shape[0]
+
+    def subset(self, index: Tensor) -> "AnchorBatch":
+        """The prompts at `index` (a boolean mask or indices)."""
+        return AnchorBatch(*(getattr(self, f.name)[index] for f in fields(self)))
 
 
 # The role of a position in a prompt. A position can play two: the last position is also

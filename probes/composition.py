@@ -52,7 +52,7 @@ from models.hooked import HookedTransformer
 from models.task import AnchorTask, KeySplit
 from probes.figures import heatmaps
 from probes.patching import PromptPairs, in_split, sample_prompts
-from probes.sites import Site, by_role, columns, last_logits_with, sources_of, stream_rows, sweep_logits, take
+from probes.sites import Site, by_role, columns, last_logits_with, sources_of, stream_rows, sweep_logits
 
 OUTCOMES = ("compositional", "unchanged", "copied_a", "key_only", "anchor_only", "pair_only", "other")
 FIGURE_OUTCOMES = ("compositional", "copied_a", "pair_only")  # composing, carrying everything, fused anchors
@@ -76,7 +76,7 @@ def composition_pairs(task: AnchorTask, n: int = 512, seed: int = 0, keys: KeySp
     chosen = ok.nonzero().flatten()[:n]
     if len(chosen) < n:
         raise ValueError(f"only {len(chosen)} of {n} composition pairs could be drawn for {keys} keys at key position {key_pos}")
-    target = take(target, chosen)
+    target = target.subset(chosen)
     tokens = target.tokens.clone()
     rows, at = torch.arange(n), target.key_pos
     tokens[rows, at], tokens[rows, at + 1], tokens[rows, at + 2] = x[chosen], a1[chosen], a2[chosen]

@@ -34,7 +34,7 @@ from torch import Tensor
 from models.hooked import HookedTransformer
 from models.task import AnchorBatch, AnchorTask, KeySplit
 from probes.figures import heatmaps
-from probes.sites import Site, by_role, columns, last_logits_with, sources_of, sweep_logits, sweep_rows, take
+from probes.sites import Site, by_role, columns, last_logits_with, sources_of, sweep_logits, sweep_rows
 
 PAIR_KINDS = ("swap_order", "change_anchor1", "change_anchor2", "change_key", "move_key")
 DEFAULT_KINDS = ("resid_pre", "resid_mid", "attn_out", "mlp_out", "z")
@@ -64,7 +64,7 @@ def sample_prompts(
     grid = combos if n_noise == 1 else task.grid(pairs, keys, n_noise=n_noise, seed=seed)
     candidates = wanted.repeat(n_noise).nonzero().flatten()
     order = torch.randperm(len(candidates), generator=torch.Generator().manual_seed(seed))[:n]
-    return take(grid, candidates[order])
+    return grid.subset(candidates[order])
 
 
 @dataclass(frozen=True)
@@ -100,7 +100,7 @@ class PromptPairs:
             )
 
     def subset(self, index: Tensor) -> "PromptPairs":
-        return PromptPairs(take(self.clean, index), take(self.corrupted, index), self.kind)
+        return PromptPairs(self.clean.subset(index), self.corrupted.subset(index), self.kind)
 
 
 def prompt_pairs(task: AnchorTask, clean, corrupted, kind: str = "custom") -> PromptPairs:

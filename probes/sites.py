@@ -1,6 +1,6 @@
 """Where a probe reads or overwrites the forward pass: sites named after TransformerLens hooks,
 the forward pass with sites overwritten, the site-by-position sweep every probe runs, and
-prompts: subsets of a batch and the role of each position.
+the role of each position in a prompt.
 
 A `Site` is one hook (`kind` at `layer`), optionally one position and one head:
 `Site("z", 1, pos=3, head=0)` is `blocks.1.attn.hook_z[:, 3, 0]`. Every probe (ablation,
@@ -11,7 +11,6 @@ hook-correctness tests cover all of them.
 
 from __future__ import annotations
 
-import dataclasses
 import re
 from dataclasses import dataclass, replace
 from typing import Callable, Iterator, Sequence
@@ -202,12 +201,7 @@ def sweep_logits(
         yield r, pos, last_logits_with(model, tokens, [(site.at(pos), source)], start)
 
 
-# ---- prompts and the roles of their positions ---------------------------------------------
-def take(batch: AnchorBatch, index: Tensor) -> AnchorBatch:
-    """The prompts of `batch` at `index` (a boolean mask or indices)."""
-    return AnchorBatch(*(getattr(batch, f.name)[index] for f in dataclasses.fields(batch)))
-
-
+# ---- the roles of positions ---------------------------------------------
 def by_role(values: Float[Tensor, "... pos batch"], batch: AnchorBatch) -> Float[Tensor, "... role batch"]:
     """Regroup per-position values of each prompt by the role of the position in that prompt
     (ROLES of models.task): the mean over the positions of each role (one position each, but
