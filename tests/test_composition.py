@@ -103,10 +103,6 @@ def test_report_sections_show_every_probe_and_say_when_one_is_undefined():
         assert undefined == (name == "lookup")  # the lookup model answers x-6 on (4,3) already
 
 
-SHIPPED = ("inferential", "symmetric")
-needs_shipped = pytest.mark.skipif(not all((hooked.ZOO / name).is_dir() for name in SHIPPED), reason="shipped models not in models/zoo yet")
-
-
 def probes_separate(inferential, symmetric, task=AnchorTask(), n=128):
     """The causal figures that tell the two solutions apart (README: probes)."""
     from probes import order_probe
@@ -125,7 +121,6 @@ def probes_separate(inferential, symmetric, task=AnchorTask(), n=128):
     assert eligible < 0.2 * n
 
 
-@needs_shipped
 def test_probes_separate_the_shipped_models():
     import models
 

@@ -7,6 +7,7 @@ import torch
 from interp.flow import (
     FlowBatch,
     combine_heads,
+    flow_prompts,
     role_flow,
     rollout,
     route_of,
@@ -261,5 +262,5 @@ def test_shipped_models_take_the_route_the_paper_describes(name):
     """inferential: layer 0 key -> anchors, layer 1 anchors -> last; symmetric: layer 0
     anchors -> last, layer 1 key -> last. Needs the shipped checkpoints (models/zoo)."""
     model, task = models.load(name), hooked.task_of(name)
-    flows = trace_flows(model, task.sample(2000, torch.Generator().manual_seed(0), pairs=task.pairs, keys="any"), task)
+    flows = trace_flows(model, flow_prompts(task, 2000), task)
     assert flows.route().name == name, str(flows.route())
