@@ -104,11 +104,13 @@ def time_to_solution(name: str) -> dict:
     threads = card.get("threads") or torch.get_num_threads()
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
-    with tempfile.TemporaryDirectory() as tmp:
-        start = time.perf_counter()
-        _, new_card = models.train_to_folder(config, Path(tmp) / name, progress=True)
-        wall = time.perf_counter() - start
-    torch.set_num_threads(previous_threads)
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            start = time.perf_counter()
+            _, new_card = models.train_to_folder(config, Path(tmp) / name, progress=True)
+            wall = time.perf_counter() - start
+    finally:
+        torch.set_num_threads(previous_threads)
     m = new_card["metrics"]
     return {
         "command": card["command"],
