@@ -36,6 +36,7 @@ class TrainConfig:
     # drifting to the mirrored lookup after it fits; at 0.1 gamma 0.8 fits inferentially,
     # then drifts (README: "Recipe").
     weight_decay: float = 2.0
+    weight_decay_warmup: int = 0  # decay ramps linearly from 0 to weight_decay over these steps
     betas: tuple[float, float] = (0.9, 0.999)
     adam_eps: float = 1e-8
     batch_size: int = 512
@@ -60,6 +61,7 @@ class TrainConfig:
             "batch_size": self.batch_size >= 1,
             "max_steps": self.max_steps >= 1,
             "warmup_steps": 0 <= self.warmup_steps <= self.max_steps,
+            "weight_decay_warmup": 0 <= self.weight_decay_warmup <= self.max_steps,
             "grad_clip": self.grad_clip > 0,
             "eval_every": self.eval_every >= 1,
             "dataset_size": self.dataset_size is None or self.dataset_size >= 1,
@@ -82,6 +84,7 @@ class TrainConfig:
     @classmethod
     def from_recipe(cls, recipe: dict[str, Any], seed: int) -> "TrainConfig":
         r = dict(recipe)
+        r.setdefault("weight_decay_warmup", 0)  # recipes written before the ramp existed had none
         r["betas"] = tuple(r["betas"])
         r["task"] = AnchorTask.from_dict(r["task"])
         return cls(seed=seed, **r)
@@ -184,10 +187,25 @@ class TrainResult:
     stopped_early: bool
 
 
-def make_optimizer(params: list[torch.nn.Parameter], config: TrainConfig) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
-    """AdamW with linear warmup and cosine decay."""
+class Schedule(torch.optim.lr_scheduler.LambdaLR):
+    """The lr: linear warmup, then cosine decay to 0 at max_steps. The weight decay: a
+    linear ramp from 0 to `weight_decay` over `weight_decay_warmup` steps, then constant."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, config: TrainConfig):
+        self.weight_decay, self.weight_decay_warmup = config.weight_decay, config.weight_decay_warmup
+        super().__init__(optimizer, lr_lambda(config))  # calls step() once: sets step 0's values
+
+    def step(self) -> None:  # type: ignore[override]
+        super().step()
+        ramp = min(1.0, self.last_epoch / self.weight_decay_warmup) if self.weight_decay_warmup else 1.0
+        for group in self.optimizer.param_groups:
+            group["weight_decay"] = self.weight_decay * ramp
+
+
+def make_optimizer(params: list[torch.nn.Parameter], config: TrainConfig) -> tuple[torch.optim.Optimizer, Schedule]:
+    """AdamW with its lr and weight-decay schedule."""
     optimizer = torch.optim.AdamW(params, lr=config.lr, betas=config.betas, eps=config.adam_eps, weight_decay=config.weight_decay)
-    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(config))
+    return optimizer, Schedule(optimizer, config)
 
 
 def batches(config: TrainConfig) -> Iterator[tuple[Int[Tensor, "batch pos"], Int[Tensor, " batch"]]]:

@@ -77,6 +77,25 @@ def test_fixed_dataset_training_runs():
     assert result.steps == 10
 
 
+def test_schedule_warms_up_the_lr_and_ramps_the_weight_decay():
+    from models.train import make_optimizer
+
+    config = TrainConfig(lr=1e-3, warmup_steps=2, max_steps=10, weight_decay=2.0, weight_decay_warmup=4)
+    optimizer, schedule = make_optimizer([torch.nn.Parameter(torch.ones(3))], config)
+    seen = []
+    for _ in range(10):
+        group = optimizer.param_groups[0]
+        seen.append((group["lr"], group["weight_decay"]))
+        optimizer.step()
+        schedule.step()
+    lrs, decays = zip(*seen)
+    assert decays == (0.0, 0.5, 1.0, 1.5, 2.0, 2.0, 2.0, 2.0, 2.0, 2.0)
+    assert lrs[:2] == pytest.approx((5e-4, 1e-3)) and lrs[-1] < lrs[2] and list(lrs[2:]) == sorted(lrs[2:], reverse=True)
+    # Without a ramp the decay is constant from the first step.
+    optimizer, _ = make_optimizer([torch.nn.Parameter(torch.ones(3))], TrainConfig(weight_decay=2.0, weight_decay_warmup=0))
+    assert optimizer.param_groups[0]["weight_decay"] == 2.0
+
+
 def test_early_stop_waits_for_a_settled_solution():
     config = TrainConfig(patience=2, settle_tol=0.05, min_steps=1)
     row = {"seen_test": 1.0, "inferential": 0.9, "symmetric": 0.05}
@@ -94,6 +113,7 @@ def test_early_stop_waits_for_a_settled_solution():
         (dict(lr=0), "lr"),
         (dict(batch_size=0), "batch_size"),
         (dict(warmup_steps=10, max_steps=5), "warmup_steps"),
+        (dict(weight_decay_warmup=10, max_steps=5), "weight_decay_warmup"),
         (dict(arch={"d_modle": 64}), "unknown architecture"),
         (dict(gamma=-0.5), "gamma"),
     ],
