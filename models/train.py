@@ -37,6 +37,7 @@ class TrainConfig:
     # then drifts (README: "Recipe").
     weight_decay: float = 2.0
     weight_decay_warmup: int = 0  # decay ramps linearly from 0 to weight_decay over these steps
+    decay_norms: bool = True  # also decay LayerNorm weights and biases, not only weight matrices
     betas: tuple[float, float] = (0.9, 0.999)
     adam_eps: float = 1e-8
     batch_size: int = 512
@@ -85,6 +86,7 @@ class TrainConfig:
     def from_recipe(cls, recipe: dict[str, Any], seed: int) -> "TrainConfig":
         r = dict(recipe)
         r.setdefault("weight_decay_warmup", 0)  # recipes written before the ramp existed had none
+        r.setdefault("decay_norms", True)  # ... and decayed every parameter
         r["betas"] = tuple(r["betas"])
         r["task"] = AnchorTask.from_dict(r["task"])
         return cls(seed=seed, **r)
@@ -189,7 +191,8 @@ class TrainResult:
 
 class Schedule(torch.optim.lr_scheduler.LambdaLR):
     """The lr: linear warmup, then cosine decay to 0 at max_steps. The weight decay: a
-    linear ramp from 0 to `weight_decay` over `weight_decay_warmup` steps, then constant."""
+    linear ramp from 0 to `weight_decay` over `weight_decay_warmup` steps, then constant,
+    in the parameter groups that decay."""
 
     def __init__(self, optimizer: torch.optim.Optimizer, config: TrainConfig):
         self.weight_decay, self.weight_decay_warmup = config.weight_decay, config.weight_decay_warmup
@@ -199,12 +202,16 @@ class Schedule(torch.optim.lr_scheduler.LambdaLR):
         super().step()
         ramp = min(1.0, self.last_epoch / self.weight_decay_warmup) if self.weight_decay_warmup else 1.0
         for group in self.optimizer.param_groups:
-            group["weight_decay"] = self.weight_decay * ramp
+            group["weight_decay"] = self.weight_decay * ramp if group["decays"] else 0.0
 
 
 def make_optimizer(params: list[torch.nn.Parameter], config: TrainConfig) -> tuple[torch.optim.Optimizer, Schedule]:
-    """AdamW with its lr and weight-decay schedule."""
-    optimizer = torch.optim.AdamW(params, lr=config.lr, betas=config.betas, eps=config.adam_eps, weight_decay=config.weight_decay)
+    """AdamW with its lr and weight-decay schedule. Weight matrices decay; LayerNorm
+    weights and biases (the 1-d parameters) only with `decay_norms`."""
+    decayed = [p for p in params if p.ndim >= 2 or config.decay_norms]
+    kept = [p for p in params if not (p.ndim >= 2 or config.decay_norms)]
+    groups = [{"params": group, "decays": decays} for group, decays in ((decayed, True), (kept, False)) if group]
+    optimizer = torch.optim.AdamW(groups, lr=config.lr, betas=config.betas, eps=config.adam_eps, weight_decay=config.weight_decay)
     return optimizer, Schedule(optimizer, config)
 
 

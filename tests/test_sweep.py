@@ -67,7 +67,7 @@ def test_the_shipped_default_grid():
     assert list(spec.grid)[0] == "seed"  # seeds outermost: a half-done sweep is a whole diagram
     assert set(spec.grid["gamma"]) >= {0.3, 0.8} and len(spec.grid["n_layers"]) >= 2
     assert len(cells) == 42  # sized to about an hour on 2 cores
-    assert spec.fixed == {"lr": 3e-4, "weight_decay": 0.1, "max_steps": 1500}
+    assert spec.fixed == {"lr": 3e-4, "weight_decay": 0.1, "decay_norms": True, "max_steps": 1500}
 
 
 SHIPPED_DB = Path(__file__).parents[1] / "models" / "sweeps" / "default.db"

@@ -81,7 +81,7 @@ def test_schedule_warms_up_the_lr_and_ramps_the_weight_decay():
     from models.train import make_optimizer
 
     config = TrainConfig(lr=1e-3, warmup_steps=2, max_steps=10, weight_decay=2.0, weight_decay_warmup=4)
-    optimizer, schedule = make_optimizer([torch.nn.Parameter(torch.ones(3))], config)
+    optimizer, schedule = make_optimizer([torch.nn.Parameter(torch.ones(3, 3))], config)
     seen = []
     for _ in range(10):
         group = optimizer.param_groups[0]
@@ -92,8 +92,31 @@ def test_schedule_warms_up_the_lr_and_ramps_the_weight_decay():
     assert decays == (0.0, 0.5, 1.0, 1.5, 2.0, 2.0, 2.0, 2.0, 2.0, 2.0)
     assert lrs[:2] == pytest.approx((5e-4, 1e-3)) and lrs[-1] < lrs[2] and list(lrs[2:]) == sorted(lrs[2:], reverse=True)
     # Without a ramp the decay is constant from the first step.
-    optimizer, _ = make_optimizer([torch.nn.Parameter(torch.ones(3))], TrainConfig(weight_decay=2.0, weight_decay_warmup=0))
+    optimizer, _ = make_optimizer([torch.nn.Parameter(torch.ones(3, 3))], TrainConfig(weight_decay=2.0, weight_decay_warmup=0))
     assert optimizer.param_groups[0]["weight_decay"] == 2.0
+
+
+@pytest.mark.parametrize("decay_norms", [False, True])
+def test_layernorm_weights_decay_only_when_asked(decay_norms):
+    from models.train import make_optimizer
+
+    model = models.build(gamma=0.5, n_layers=1, seed=0, **TINY["arch"])
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    optimizer, schedule = make_optimizer([p for _, p in named], TrainConfig(weight_decay=2.0, decay_norms=decay_norms))
+    decay_of = {id(p): group["weight_decay"] for group in optimizer.param_groups for p in group["params"]}
+    for name, param in named:
+        is_norm = name.startswith("ln") or ".ln" in name
+        assert decay_of[id(param)] == (2.0 if decay_norms or not is_norm else 0.0), name
+    assert {n for n, p in named if p.ndim < 2} == {n for n, _ in named if n.startswith("ln") or ".ln" in n}
+    optimizer.step()
+    schedule.step()  # the schedule keeps the LayerNorm groups undecayed
+    assert {group["weight_decay"] for group in optimizer.param_groups} == ({2.0} if decay_norms else {0.0, 2.0})
+
+
+def test_recipes_from_before_the_layernorm_choice_decayed_everything():
+    recipe = TrainConfig().recipe()
+    del recipe["decay_norms"]
+    assert TrainConfig.from_recipe(recipe, seed=3).decay_norms is True
 
 
 def test_early_stop_waits_for_a_settled_solution():
