@@ -47,7 +47,7 @@ def test_grid_expands_as_a_product_with_the_first_axis_outermost():
     last = cells[-1].config
     assert (last.seed, last.n_layers, last.gamma, last.lr) == (1, 3, 1.0, 1e-3)
     assert last.arch == {"d_model": 32, "d_head": 16}  # architecture names go to TrainConfig.arch
-    assert last.max_steps == 3000 and last.weight_decay == 2.0  # the rest: TrainConfig defaults
+    assert last.max_steps == 3000 and last.weight_decay == 1.5  # the rest: TrainConfig defaults
 
 
 def test_a_toml_file_and_flags_give_the_same_spec(tmp_path):
