@@ -39,8 +39,8 @@ class TrainConfig:
     weight_decay: float = 1.5
     weight_decay_warmup: int = 0  # decay ramps linearly from 0 to weight_decay over these steps
     # Weight matrices only, as in GPT training: decaying the LayerNorm gains too (the recipe
-    # before 2026-11-25) shrank them to ~0.25 and made the solution depend on the seed
-    # (gamma 0.8 symmetric in 2 of 7 seeds, gamma 0.3 inferential in 3 of 7).
+    # before 2026-11-25, with wd 2.0) shrank them to ~0.25, and gamma 0.8 went symmetric in
+    # 2 of 7 seeds; sparing them turned both seeds inferential (README: "Recipe").
     decay_norms: bool = False  # also decay LayerNorm weights and biases
     betas: tuple[float, float] = (0.9, 0.999)
     adam_eps: float = 1e-8
