@@ -206,8 +206,11 @@ def test_an_interrupted_sweep_resumes_without_redoing_or_losing_a_cell(tmp_path)
     grid = ["--grid", "gamma=0.4,0.8", "--grid", "seed=0,1,2,3,4"]
     fixed = [a for s in [*TINY[:3], "max_steps=200", *TINY[4:6], "eval_every=200", TINY[7]] for a in ("--set", s)]
     args = ["sweep", "--db", str(db), *grid, *fixed, "--workers", "2", "--threads", "1", "--quiet"]
+    # The child gets Ctrl-C's default action even when this test runs as a background job,
+    # which inherits SIGINT ignored (and a sweep started that way rightly ignores Ctrl-C).
     start = lambda extra=(): subprocess.Popen([sys.executable, "-m", "interp.cli", *args, *extra], cwd=REPO,  # noqa: E731
-                                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                              preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
     # 1. Ctrl-C: the sweep stops its workers, puts running cells back, says how to resume.
     proc = start()
