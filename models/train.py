@@ -212,9 +212,8 @@ class Schedule(torch.optim.lr_scheduler.LambdaLR):
 def make_optimizer(params: list[torch.nn.Parameter], config: TrainConfig) -> tuple[torch.optim.Optimizer, Schedule]:
     """AdamW with its lr and weight-decay schedule. Weight matrices decay; LayerNorm
     weights and biases (the 1-d parameters) only with `decay_norms`."""
-    decayed = [p for p in params if p.ndim >= 2 or config.decay_norms]
-    kept = [p for p in params if not (p.ndim >= 2 or config.decay_norms)]
-    groups = [{"params": group, "decays": decays} for group, decays in ((decayed, True), (kept, False)) if group]
+    decays = [p.ndim >= 2 or config.decay_norms for p in params]
+    groups = [{"params": [p for p, d in zip(params, decays) if d == on], "decays": on} for on in (True, False) if on in decays]
     optimizer = torch.optim.AdamW(groups, lr=config.lr, betas=config.betas, eps=config.adam_eps, weight_decay=config.weight_decay)
     return optimizer, Schedule(optimizer, config)
 

@@ -104,10 +104,10 @@ def test_layernorm_weights_decay_only_when_asked(decay_norms):
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     optimizer, schedule = make_optimizer([p for _, p in named], TrainConfig(weight_decay=2.0, decay_norms=decay_norms))
     decay_of = {id(p): group["weight_decay"] for group in optimizer.param_groups for p in group["params"]}
+    norms = {n for n, _ in named if n.startswith("ln") or ".ln" in n}
     for name, param in named:
-        is_norm = name.startswith("ln") or ".ln" in name
-        assert decay_of[id(param)] == (2.0 if decay_norms or not is_norm else 0.0), name
-    assert {n for n, p in named if p.ndim < 2} == {n for n, _ in named if n.startswith("ln") or ".ln" in n}
+        assert decay_of[id(param)] == (2.0 if decay_norms or name not in norms else 0.0), name
+    assert {n for n, p in named if p.ndim < 2} == norms
     optimizer.step()
     schedule.step()  # the schedule keeps the LayerNorm groups undecayed
     assert {group["weight_decay"] for group in optimizer.param_groups} == ({2.0} if decay_norms else {0.0, 2.0})
