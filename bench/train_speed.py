@@ -1,13 +1,15 @@
 """Training speed on this CPU, measured side by side in one run.
 
 (a) steps per second of the project's training step (HookedTransformer parameters, fused
-    last-position forward) against a plain hand-written PyTorch transformer of the same
-    shape, batch, optimizer, clipping and data: the ratio, interleaved in rounds so that
-    machine noise hits both alike;
+    last-position forward) in the shipped precision (bf16) and in fp32, against a plain
+    hand-written fp32 PyTorch transformer of the same shape, batch, optimizer, clipping and
+    data: the ratios, interleaved in rounds so that machine noise hits all alike;
 (b) wall time to reach each shipped reference solution from scratch with its recipe (the
-    zoo card's), and the solution reached.
+    zoo card's, at the card's thread count), and the solution reached;
+(c) models per hour on this machine for a sweep of the shipped recipe: a small sweep
+    (gamma 0.8 and 0.3, --sweep-seeds seeds each, one worker per core, one thread each).
 
-    python bench/train_speed.py [--rounds 5] [--steps 40] [--skip-solutions]
+    python bench/train_speed.py [--rounds 5] [--steps 40] [--sweep-seeds 2] [--skip-solutions]
 
 Writes bench/results/train_speed.json.
 """
@@ -29,7 +31,8 @@ import torch.nn.functional as F
 
 import models
 from models.files import write_text_atomic
-from models.train import TrainConfig, batches, last_logits, make_optimizer, train_step
+from probes.solution import card_metrics
+from models.train import TrainConfig, batches, fused_logits, fused_parameters, make_optimizer, train_step
 
 RESULTS = Path(__file__).parent / "results" / "train_speed.json"
 
@@ -71,12 +74,13 @@ class PlainTransformer(nn.Module):
 
 def steps_per_second(config: TrainConfig, rounds: int, steps: int) -> dict:
     """Alternate `steps`-step rounds of both loops on the same batches; median rates."""
-    ours = models.build(config.gamma, config.n_layers, seed=0, **config.arch)
     plain = PlainTransformer(config.hooked_config())
-    runners = {
-        "anchor_interp": (lambda t: last_logits(ours, t), make_optimizer([p for p in ours.parameters() if p.requires_grad], config)),
-        "plain_pytorch": (plain, make_optimizer(list(plain.parameters()), config)),
-    }
+    runners = {"plain_pytorch": (plain, make_optimizer(list(plain.parameters()), config))}
+    for precision in ("bf16", "fp32"):
+        ours = models.build(config.gamma, config.n_layers, seed=0, **config.arch)
+        params = fused_parameters(ours)
+        logits_fn = lambda t, params=params, cfg=ours.cfg, precision=precision: fused_logits(params, cfg, t, precision)  # noqa: E731
+        runners[f"anchor_interp_{precision}"] = (logits_fn, make_optimizer([p for p in ours.parameters() if p.requires_grad], config))
     data = batches(config)
     fixed = [next(data) for _ in range(steps)]
     rates: dict[str, list[float]] = {name: [] for name in runners}
@@ -91,7 +95,10 @@ def steps_per_second(config: TrainConfig, rounds: int, steps: int) -> dict:
     return {
         "steps_per_second": median,
         "per_round": rates,
-        "ratio_ours_over_plain": median["anchor_interp"] / median["plain_pytorch"],
+        "ratio_bf16_over_plain": median["anchor_interp_bf16"] / median["plain_pytorch"],
+        "ratio_fp32_over_plain": median["anchor_interp_fp32"] / median["plain_pytorch"],
+        "ratio_bf16_over_fp32": median["anchor_interp_bf16"] / median["anchor_interp_fp32"],
+        "shipped_precision": config.precision,
         "batch_size": config.batch_size,
         "arch": config.hooked_config(),
     }
@@ -107,7 +114,7 @@ def time_to_solution(name: str) -> dict:
     try:
         with tempfile.TemporaryDirectory() as tmp:
             start = time.perf_counter()
-            _, new_card = models.train_to_folder(config, Path(tmp) / name, progress=True)
+            _, new_card = models.train_to_folder(config, Path(tmp) / name, card_metrics, progress=True)
             wall = time.perf_counter() - start
     finally:
         torch.set_num_threads(previous_threads)
@@ -125,11 +132,25 @@ def time_to_solution(name: str) -> dict:
     }
 
 
+def models_per_hour(n_seeds: int) -> dict:
+    from models.sweep import SweepSpec, available_cores, run_sweep
+
+    cores = available_cores()
+    spec = SweepSpec.parse([f"seed={','.join(str(9000 + i) for i in range(n_seeds))}", "gamma=0.8,0.3"])
+    with tempfile.TemporaryDirectory() as tmp:
+        start = time.perf_counter()
+        summary = run_sweep(spec, Path(tmp) / "bench.db", workers=cores, threads=1)
+        seconds = time.perf_counter() - start
+    return {"models": summary.done, "failed": summary.failed, "seconds": seconds, "cores": cores, "workers": cores,
+            "models_per_hour": 3600 * summary.done / seconds}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--steps", type=int, default=40)
-    parser.add_argument("--skip-solutions", action="store_true", help="only the steps/s ratio")
+    parser.add_argument("--sweep-seeds", type=int, default=2, help="(c): seeds per gamma in the timed sweep")
+    parser.add_argument("--skip-solutions", action="store_true", help="only the steps/s ratios")
     args = parser.parse_args()
 
     result = {
@@ -137,9 +158,11 @@ def main() -> None:
         "speed": steps_per_second(TrainConfig(), args.rounds, args.steps),
     }
     speed = result["speed"]
-    print(f"steps/s  anchor-interp {speed['steps_per_second']['anchor_interp']:.1f}  "
-          f"plain PyTorch {speed['steps_per_second']['plain_pytorch']:.1f}  "
-          f"ratio {speed['ratio_ours_over_plain']:.2f}x")
+    rate = speed["steps_per_second"]
+    print(f"steps/s ({torch.get_num_threads()} thread(s)): anchor-interp bf16 {rate['anchor_interp_bf16']:.1f}, "
+          f"fp32 {rate['anchor_interp_fp32']:.1f}; plain PyTorch fp32 {rate['plain_pytorch']:.1f}")
+    print(f"ratio shipped path (bf16) over plain PyTorch fp32 {speed['ratio_bf16_over_plain']:.2f}x "
+          f"(fp32 path {speed['ratio_fp32_over_plain']:.2f}x; bf16 over fp32 {speed['ratio_bf16_over_fp32']:.2f}x)")
     if not args.skip_solutions:
         result["time_to_solution"] = {}
         for name in ("inferential", "symmetric"):
@@ -148,6 +171,11 @@ def main() -> None:
             print(f"{name:12s} {row['wall_seconds']:.0f} s wall ({row['torch_threads']} thread(s)), {row['steps']} steps -> {row['label']} "
                   f"(seen {row['seen_test_keys']:.3f}, (4,3) inferential {row['inferential_test_keys']:.3f}, "
                   f"symmetric {row['symmetric_test_keys']:.3f})")
+    if not args.skip_solutions:
+        sweep = models_per_hour(args.sweep_seeds)
+        result["sweep"] = sweep
+        print(f"sweep of the shipped recipe: {sweep['models']} models in {sweep['seconds']:.0f} s on {sweep['cores']} cores "
+              f"({sweep['workers']} workers x 1 thread): {sweep['models_per_hour']:.0f} models per hour")
     write_text_atomic(RESULTS, json.dumps(result, indent=2) + "\n")
     print(f"wrote {RESULTS}")
 

@@ -54,12 +54,13 @@ def _run_train(args: argparse.Namespace) -> None:
     import torch
 
     from models.train import TrainConfig, train_to_folder
+    from probes.solution import card_metrics
 
     if args.threads:
         torch.set_num_threads(args.threads)
     names = {f.name for f in dataclasses.fields(TrainConfig)} - {"arch", "task", "betas"}
     config = TrainConfig(arch=dict(args.arch), **{k: v for k, v in vars(args).items() if k in names})
-    result, card = train_to_folder(config, args.out, overwrite=args.overwrite, progress=not args.quiet)
+    result, card = train_to_folder(config, args.out, card_metrics, overwrite=args.overwrite, progress=not args.quiet)
     m = card["metrics"]
     print(f"{args.out}: {m['label']} after {result.steps} steps, {card['wall_seconds']:.0f} s | "
           f"seen test keys {m['seen_test_keys']:.3f} | (4,3) inferential {m['inferential_test_keys']:.3f} "
@@ -194,6 +195,62 @@ def _run_probe(args: argparse.Namespace) -> None:
         print(f"figure written to {write_html(result.figure(), args.out)}")
 
 
+def _add_seeds(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("seeds", help="seed statistics of a recipe: how often each gamma gives its solution",
+                       description="Train one model per (gamma, seed) into a sweep database (resumable: finished runs are "
+                                   "kept) and print, per gamma: label counts, the share of runs with the solution and "
+                                   "of clean runs (>= 0.95 on (4,3) test keys), with exact binomial 95%% intervals, and "
+                                   "accuracy by key position. Seed ranges are declared in models/sweeps/seeds.toml.")
+    p.add_argument("--db", required=True, help="sweep database to write (continued if it exists)")
+    p.add_argument("--gamma", default="0.8,0.3", help="comma-separated gammas (default %(default)s)")
+    p.add_argument("--seeds", default="validation", help="a declared range (tuning, validation, spot_check), "
+                   "FIRST-LAST, or a comma list (default %(default)s)")
+    p.add_argument("--layers", dest="n_layers", type=int, default=None, help="transformer blocks (default: the recipe's)")
+    p.add_argument("--set", dest="fixed", action="append", default=[], metavar="NAME=VALUE",
+                   help="a recipe setting for every run, e.g. --set lr=5e-4 (repeatable)")
+    p.add_argument("--expect", action="append", default=[], metavar="GAMMA=SOLUTION",
+                   help="the solution a gamma should give, e.g. 0.8=inferential (default: each gamma's most common label)")
+    p.add_argument("--check", metavar="REFERENCE.db", help="also compare every run with the same run in this database")
+    p.add_argument("--summary", action="store_true", help="only print the statistics of --db, train nothing")
+    p.add_argument("--json", action="store_true", help="also print the statistics as one JSON line (last line)")
+    p.add_argument("--workers", type=int, help="runs at once (default: one per core)")
+    p.add_argument("--threads", type=int, help="torch threads per run (default: cores / workers)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(run=_run_seeds)
+
+
+def _run_seeds(args: argparse.Namespace) -> None:
+    import json
+    import shlex
+
+    from interp.seeds import format_groups, reproduced, seed_groups, seed_list
+    from models.sweep import SweepSpec, results, run_sweep
+
+    expect = {}
+    for item in args.expect:
+        gamma, _, solution = item.partition("=")
+        if solution not in ("inferential", "symmetric"):
+            raise ValueError(f"--expect takes GAMMA=inferential or GAMMA=symmetric, got {item!r}")
+        expect[float(gamma)] = solution
+    if not args.summary:
+        grid = [f"seed={','.join(map(str, seed_list(args.seeds)))}", f"gamma={args.gamma}"]
+        fixed = list(args.fixed) + ([f"n_layers={args.n_layers}"] if args.n_layers else [])
+        command = shlex.join(["anchor-interp", "seeds", "--db", args.db, "--gamma", args.gamma, "--seeds", args.seeds,
+                              *([f"--layers={args.n_layers}"] if args.n_layers else []), *[a for f in args.fixed for a in ("--set", f)]])
+        summary = run_sweep(SweepSpec.parse(grid, fixed), args.db, resume=True, workers=args.workers, threads=args.threads,
+                            progress=not args.quiet, command=command)
+        for cell_id, error in summary.errors.items():
+            print(f"  run {cell_id} failed: {error}", file=sys.stderr)
+    _, rows = results(args.db)
+    groups = seed_groups(rows, expect)
+    print(format_groups(groups))
+    if args.check:
+        same, total, differ = reproduced(rows, results(args.check)[1])
+        print(f"reproduced {same} of {total} runs also in {args.check}" + (f"; differ: {differ}" if differ else ""))
+    if args.json:
+        print(json.dumps([g.to_dict() for g in groups]))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="anchor-interp", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -202,6 +259,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_report(sub)
     _add_sweep(sub)
     _add_probe(sub)
+    _add_seeds(sub)
     return parser
 
 

@@ -468,7 +468,7 @@ def run_cell(cell: Cell, threads: int, checkpoint: str | None = None) -> dict[st
     also save the model there (hooked.save, via train_to_folder)."""
     import torch
 
-    from probes.solution import classify  # probes builds on models: import here, not at the top
+    from probes.solution import card_metrics  # probes builds on models: import here, not at the top
 
     torch.set_num_threads(threads)
     start = time.perf_counter()
@@ -477,11 +477,11 @@ def run_cell(cell: Cell, threads: int, checkpoint: str | None = None) -> dict[st
             command = train_command(cell.config, checkpoint, threads=threads)
         except ValueError:  # task/betas overrides have no train flag
             command = f"anchor-interp sweep cell {cell.id} {json.dumps(cell.params)}"
-        result, card = train_to_folder(cell.config, checkpoint, overwrite=True, progress=False, command=command)
+        result, card = train_to_folder(cell.config, checkpoint, card_metrics, overwrite=True, progress=False, command=command)
         metrics = card["metrics"]
     else:
         result = train(cell.config, progress=False)
-        metrics = classify(result.model, cell.config.task).to_dict()
+        metrics = card_metrics(result.model, cell.config.task)
     return {
         "metrics": metrics,
         "steps": result.steps,

@@ -17,6 +17,7 @@ sequence and never trained on.
 from __future__ import annotations
 
 import itertools
+from functools import lru_cache
 from dataclasses import asdict, dataclass, fields
 from typing import Literal, Sequence, Union
 
@@ -287,3 +288,17 @@ class AnchorTask:
     @classmethod
     def from_dict(cls, d: dict) -> "AnchorTask":
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+
+
+@lru_cache(maxsize=8)
+def eval_sets(task: AnchorTask, n_noise: int) -> dict[str, AnchorBatch]:
+    """The fixed evaluation prompts: every (pair, key, position) of the trained pairs and of
+    the held-out pair, with train or test keys; `n_noise` noise draws each for the test-key
+    and held-out sets, which are small. Training's live metrics and probes.classify read them."""
+    held = [task.held_out_pair]
+    return {
+        "seen_train": task.grid(task.train_pairs, "train", n_noise=1, seed=1),
+        "seen_test": task.grid(task.train_pairs, "test", n_noise=n_noise, seed=2),
+        "held_train": task.grid(held, "train", n_noise=n_noise, seed=3),
+        "held_test": task.grid(held, "test", n_noise=n_noise, seed=4),
+    }

@@ -19,7 +19,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from models import hooked
-from models.task import AnchorTask
+from models.task import AnchorTask, eval_sets
 
 
 @dataclass(frozen=True)
@@ -48,6 +48,9 @@ class TrainConfig:
     max_steps: int = 3000
     warmup_steps: int = 150  # linear warmup, then cosine decay to 0 at max_steps
     grad_clip: float = 1.0
+    # bf16 forward and backward with fp32 master weights: 2x the steps/s of fp32 on this
+    # CPU, the same solutions (README: "Training speed"). fp32 is the reference arithmetic.
+    precision: str = "bf16"
     dataset_size: int | None = None  # None: fresh batches every step; else a fixed training set
     eval_every: int = 100
     early_stop: bool = True
@@ -70,6 +73,7 @@ class TrainConfig:
             "grad_clip": self.grad_clip > 0,
             "eval_every": self.eval_every >= 1,
             "dataset_size": self.dataset_size is None or self.dataset_size >= 1,
+            "precision": self.precision in PRECISIONS,
         }
         bad = [name for name, ok in checks.items() if not ok]
         if bad:
@@ -91,6 +95,7 @@ class TrainConfig:
         r = dict(recipe)
         r.setdefault("weight_decay_warmup", 0)  # recipes written before the ramp existed had none
         r.setdefault("decay_norms", True)  # ... and decayed every parameter
+        r.setdefault("precision", "fp32")  # ... and trained in fp32
         r["betas"] = tuple(r["betas"])
         r["task"] = AnchorTask.from_dict(r["task"])
         return cls(seed=seed, **r)
@@ -132,43 +137,82 @@ def uses_fused_forward(cfg: hooked.HookedTransformerConfig) -> bool:
     )
 
 
-def last_logits(model: hooked.HookedTransformer, tokens: Int[Tensor, "batch pos"]) -> Float[Tensor, "batch d_vocab"]:
-    """Logits at the last position only, for training.
+PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+def fused_parameters(model: hooked.HookedTransformer) -> dict[str, Tensor]:
+    """The parameters `fused_logits` reads, by name. A frozen bias that is all zeros (every
+    bias of a gamma-init model: the paper's model has none) is left out, which removes its
+    add from the step; any other bias stays in."""
+    return {
+        name: param
+        for name, param in model.named_parameters()
+        if param.requires_grad or not name.rsplit(".", 1)[-1].startswith("b_") or bool(param.any())
+    }
+
+
+def fused_logits(
+    params: dict[str, Tensor],
+    cfg: hooked.HookedTransformerConfig,
+    tokens: Int[Tensor, "batch pos"],
+    precision: str = "fp32",
+) -> Float[Tensor, "batch d_vocab"]:
+    """Logits at the last position only, for training: a function of the parameters
+    `fused_parameters` returns, tested equal to the HookedTransformer's hooked forward.
 
     The task reads one token, so the last layer only needs its query, attention and MLP at
     the last position (the nanoGPT trick, taken one layer deeper), and fused kernels
-    (F.layer_norm, scaled_dot_product_attention) replace TransformerLens' step-by-step ops,
-    which exist to expose hooks that training does not use. This is a function of the
-    HookedTransformer's own parameters, tested equal to its hooked forward pass; it trains
-    about 2x faster on a CPU. Configs it does not cover take the hooked forward."""
-    cfg = model.cfg
-    if not uses_fused_forward(cfg):
-        resid = model(tokens, stop_at_layer=cfg.n_layers)  # [batch, pos, d_model]
-        return model.unembed(model.ln_final(resid[:, -1:, :]))[:, 0, :]
+    (F.layer_norm) replace TransformerLens' step-by-step ops, which exist to expose hooks
+    that training does not use. With precision "bf16" every parameter is cast once per
+    step (the fp32 master stays in the optimizer; the cast's backward returns fp32 grads)
+    and the whole forward and backward run in bf16, where this CPU's AMX units multiply
+    ~5x faster; only the logits come back in fp32, for the loss. Attention is written out
+    (scores, softmax, sum): over 9 positions it is as fast as scaled_dot_product_attention
+    in fp32, and that kernel's bf16 backward is ~10x slower here."""
+    dtype = PRECISIONS[precision]
+    p = {name: t.to(dtype) for name, t in params.items()} if dtype != torch.float32 else params
     act = _FUSED_ACTIVATIONS[cfg.act_fn]
 
-    def norm(x: Tensor, owner: torch.nn.Module, name: str) -> Tensor:
+    def bias(name: str) -> Tensor | float:
+        return p.get(name, 0.0)
+
+    def heads(x: Tensor, weight: str, bias_name: str) -> Tensor:  # [batch, pos, d_model] -> [batch, head, pos, d_head]
+        out = torch.einsum("bpd,hde->bhpe", x, p[weight])
+        return out + p[bias_name][:, None] if bias_name in p else out
+
+    def norm(x: Tensor, name: str) -> Tensor:
         if cfg.normalization_type is None:  # TransformerLens then has no LayerNorm modules at all
             return x
-        ln = getattr(owner, name)
-        return F.layer_norm(x, (cfg.d_model,), ln.w, ln.b, cfg.eps)
+        return F.layer_norm(x, (cfg.d_model,), p[name + ".w"], p[name + ".b"], cfg.eps)
 
-    resid = model.embed.W_E[tokens] + model.pos_embed.W_pos[: tokens.shape[1]]  # [batch, pos, d_model]
-    for layer, block in enumerate(model.blocks):
-        last = layer == cfg.n_layers - 1
-        attn, mlp = block.attn, block.mlp
-        normed = norm(resid, block, "ln1")  # [batch, pos, d_model]
+    n_pos = tokens.shape[1]
+    future = torch.ones(n_pos, n_pos, dtype=torch.bool).triu(1)  # [q_pos, k_pos]: what a query may not see
+    resid = p["embed.W_E"][tokens] + p["pos_embed.W_pos"][:n_pos]  # [batch, pos, d_model]
+    for layer in range(cfg.n_layers):
+        last, b = layer == cfg.n_layers - 1, f"blocks.{layer}."
+        normed = norm(resid, b + "ln1")  # [batch, pos, d_model]
         queries_from = normed[:, -1:] if last else normed
-        q = torch.einsum("bpd,hde->bhpe", queries_from, attn.W_Q) + attn.b_Q[:, None]  # [batch, head, q_pos, d_head]
-        k = torch.einsum("bpd,hde->bhpe", normed, attn.W_K) + attn.b_K[:, None]  # [batch, head, k_pos, d_head]
-        v = torch.einsum("bpd,hde->bhpe", normed, attn.W_V) + attn.b_V[:, None]
-        # The last query sees every position, so it needs no mask.
-        z = F.scaled_dot_product_attention(q, k, v, is_causal=not last)  # [batch, head, q_pos, d_head]
-        resid = (resid[:, -1:] if last else resid) + torch.einsum("bhpe,hed->bpd", z, attn.W_O) + attn.b_O
-        normed = norm(resid, block, "ln2")
-        resid = resid + act(normed @ mlp.W_in + mlp.b_in) @ mlp.W_out + mlp.b_out
-    final = norm(resid[:, -1], model, "ln_final")  # [batch, d_model]
-    return final @ model.unembed.W_U + model.unembed.b_U
+        q = heads(queries_from, b + "attn.W_Q", b + "attn.b_Q")  # [batch, head, q_pos, d_head]
+        k = heads(normed, b + "attn.W_K", b + "attn.b_K")  # [batch, head, k_pos, d_head]
+        v = heads(normed, b + "attn.W_V", b + "attn.b_V")
+        scores = q @ k.transpose(-1, -2) / cfg.attn_scale  # [batch, head, q_pos, k_pos]
+        if not last:  # the last query sees every position, so it needs no mask
+            scores = scores.masked_fill(future, float("-inf"))
+        z = scores.softmax(-1) @ v  # [batch, head, q_pos, d_head]
+        resid = (resid[:, -1:] if last else resid) + torch.einsum("bhpe,hed->bpd", z, p[b + "attn.W_O"]) + bias(b + "attn.b_O")
+        normed = norm(resid, b + "ln2")
+        resid = resid + act(normed @ p[b + "mlp.W_in"] + bias(b + "mlp.b_in")) @ p[b + "mlp.W_out"] + bias(b + "mlp.b_out")
+    final = norm(resid[:, -1], "ln_final")  # [batch, d_model]
+    return (final @ p["unembed.W_U"] + bias("unembed.b_U")).float()
+
+
+def last_logits(model: hooked.HookedTransformer, tokens: Int[Tensor, "batch pos"], precision: str = "fp32") -> Float[Tensor, "batch d_vocab"]:
+    """Logits at the last position: `fused_logits` where it covers the config, else the
+    hooked forward (slower, same result, fp32 only)."""
+    if uses_fused_forward(model.cfg):
+        return fused_logits(fused_parameters(model), model.cfg, tokens, precision)
+    resid = model(tokens, stop_at_layer=model.cfg.n_layers)  # [batch, pos, d_model]
+    return model.unembed(model.ln_final(resid[:, -1:, :]))[:, 0, :]
 
 
 def lr_lambda(config: TrainConfig) -> Callable[[int], float]:
@@ -251,26 +295,30 @@ def train_step(
 
 def train(config: TrainConfig, progress: bool = True) -> TrainResult:
     """Train one model from scratch; deterministic for a given config and thread count."""
-    from probes.solution import live_metrics  # probes builds on models: import here, not at the top
-
     torch.manual_seed(config.seed)
     model = hooked.build(config.gamma, config.n_layers, seed=config.seed, task=config.task, **config.arch)
     model.train()
     optimizer, schedule = make_optimizer([p for p in model.parameters() if p.requires_grad], config)
+    if uses_fused_forward(model.cfg):
+        params = fused_parameters(model)
+        logits_fn = lambda t: fused_logits(params, model.cfg, t, config.precision)  # noqa: E731
+    elif config.precision == "fp32":
+        logits_fn = lambda t: last_logits(model, t)  # noqa: E731
+    else:
+        raise ValueError(f"precision {config.precision!r} needs the fused forward, which this architecture does not have: train it with precision fp32")
 
     history: list[dict[str, float]] = []
     start = time.perf_counter()
     bar = tqdm(total=config.max_steps, disable=not progress, unit="step", dynamic_ncols=True, desc=f"gamma {config.gamma} seed {config.seed}")
     step, stopped_early = 0, False
     for step, (tokens, labels) in enumerate(batches(config), start=1):
-        loss = train_step(lambda t: last_logits(model, t), tokens, labels, optimizer, schedule, config.grad_clip)
+        loss = train_step(logits_fn, tokens, labels, optimizer, schedule, config.grad_clip)
         bar.update(1)
         if step % config.eval_every == 0 or step == config.max_steps:
             row = {"step": step, "loss": loss.item(), "lr": schedule.get_last_lr()[0], **live_metrics(model, config.task)}
             row["seconds"] = time.perf_counter() - start
             history.append(row)
             bar.set_postfix(loss=f"{row['loss']:.3f}", seen=f"{row['seen_test']:.2f}", inf43=f"{row['inferential']:.2f}", sym43=f"{row['symmetric']:.2f}")
-            model.train()
             if config.early_stop and step >= config.min_steps and settled(history, config):
                 stopped_early = True
                 break
@@ -279,6 +327,22 @@ def train(config: TrainConfig, progress: bool = True) -> TrainResult:
     bar.close()
     model.eval()
     return TrainResult(model, config, step, time.perf_counter() - start, history, stopped_early)
+
+
+@torch.inference_mode()
+def live_metrics(model: hooked.HookedTransformer, task: AnchorTask) -> dict[str, float]:
+    """The few numbers a progress bar shows and early stopping reads: seen-pair and (4,3)
+    accuracies on test keys (argmax of the fp32 last-position logits; probes.classify
+    measures the same sets, and more)."""
+    sets = eval_sets(task, 2)
+    seen, held = sets["seen_test"], sets["held_test"]
+    targets = task.solution_targets(held)
+    pred_seen, pred_held = last_logits(model, seen.tokens).argmax(-1), last_logits(model, held.tokens).argmax(-1)
+    return {
+        "seen_test": (pred_seen == seen.label).float().mean().item(),
+        "inferential": (pred_held == targets["inferential"]).float().mean().item(),
+        "symmetric": (pred_held == targets["symmetric"]).float().mean().item(),
+    }
 
 
 def settled(history: list[dict[str, float]], config: TrainConfig) -> bool:
@@ -351,16 +415,22 @@ def _version(package: str) -> str:
         return "unknown"
 
 
-def train_to_folder(config: TrainConfig, out: str | Path, overwrite: bool = False, progress: bool = True, command: str | None = None) -> tuple[TrainResult, dict[str, Any]]:
-    """Train, classify, and write a checkpoint folder with its model card."""
-    from probes.solution import classify  # probes builds on models: import here, not at the top
-
+def train_to_folder(
+    config: TrainConfig,
+    out: str | Path,
+    evaluate: Callable[[hooked.HookedTransformer, AnchorTask], dict[str, Any]],
+    overwrite: bool = False,
+    progress: bool = True,
+    command: str | None = None,
+) -> tuple[TrainResult, dict[str, Any]]:
+    """Train, evaluate (the card's metrics: `probes.classify(...).to_dict()` in every caller;
+    passed in because probes build on models), and write a checkpoint folder with its card."""
     out = Path(out)
     command = command or train_command(config, out, threads=torch.get_num_threads())
     # Refuse a folder holding another model before spending minutes on training.
     hooked._check_out_dir(out, config.hooked_config(), {"recipe": config.recipe(), "seed": config.seed}, overwrite)
     result = train(config, progress=progress)
-    metrics = classify(result.model, config.task).to_dict()
+    metrics = evaluate(result.model, config.task)
     card = make_card(result, command, metrics)
     hooked.save(result.model, out, card, config.hooked_config(), overwrite=overwrite)
     return result, card

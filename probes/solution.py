@@ -5,14 +5,13 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import asdict, dataclass
-from functools import lru_cache
 
 import torch
 from jaxtyping import Int
 from torch import Tensor
 
 from models.hooked import HookedTransformer, check_model_fits_task
-from models.task import AnchorBatch, AnchorTask
+from models.task import AnchorBatch, AnchorTask, eval_sets
 
 UNFIT_THRESHOLD = 0.9  # seen-pair test-key accuracy below this: the model did not fit the task
 LABELS = ("inferential", "symmetric", "other", "unfit")
@@ -61,17 +60,6 @@ def label_of(seen_test_keys: float, inferential: float, symmetric: float) -> str
     return max((inferential, "inferential"), (symmetric, "symmetric"), (other, "other"))[1]
 
 
-@lru_cache(maxsize=8)
-def _eval_sets(task: AnchorTask, n_noise: int) -> dict[str, AnchorBatch]:
-    held = [task.held_out_pair]
-    return {
-        "seen_train": task.grid(task.train_pairs, "train", n_noise=1, seed=1),
-        "seen_test": task.grid(task.train_pairs, "test", n_noise=n_noise, seed=2),
-        "held_train": task.grid(held, "train", n_noise=n_noise, seed=3),
-        "held_test": task.grid(held, "test", n_noise=n_noise, seed=4),
-    }
-
-
 @torch.inference_mode()
 def predict(model: HookedTransformer, tokens: Int[Tensor, "batch pos"], batch_size: int = 8192) -> Int[Tensor, " batch"]:
     """argmax of the last-position logits."""
@@ -94,7 +82,7 @@ def classify(model: HookedTransformer, task: AnchorTask = AnchorTask(), n_noise:
     check_model_fits_task(model, task)
     was_training = model.training
     model.eval()
-    sets = _eval_sets(task, n_noise)
+    sets = eval_sets(task, n_noise)
     pred = {name: predict(model, batch.tokens) for name, batch in sets.items()}
     model.train(was_training)
 
@@ -128,15 +116,6 @@ def classify(model: HookedTransformer, task: AnchorTask = AnchorTask(), n_noise:
     )
 
 
-def live_metrics(model: HookedTransformer, task: AnchorTask) -> dict[str, float]:
-    """The few numbers a progress bar shows: seen-pair and (4,3) accuracies on test keys."""
-    model.eval()
-    sets = _eval_sets(task, 2)
-    seen, held = sets["seen_test"], sets["held_test"]
-    targets = task.solution_targets(held)
-    pred_seen, pred_held = predict(model, seen.tokens), predict(model, held.tokens)
-    return {
-        "seen_test": _accuracy(pred_seen, seen.label),
-        "inferential": _accuracy(pred_held, targets["inferential"]),
-        "symmetric": _accuracy(pred_held, targets["symmetric"]),
-    }
+def card_metrics(model: HookedTransformer, task: AnchorTask = AnchorTask()) -> dict:
+    """What a model card and a sweep row record: `classify` as JSON."""
+    return classify(model, task).to_dict()

@@ -1,6 +1,7 @@
 """Training: the fused forward equals the hooked one, a few steps lower the loss, the CLI
 writes a checkpoint with a complete model card."""
 
+import dataclasses
 import json
 import shlex
 
@@ -11,7 +12,7 @@ import torch.nn.functional as F
 import models
 from interp import cli
 from models.task import AnchorTask
-from models.train import TrainConfig, last_logits, train_command, uses_fused_forward
+from models.train import TrainConfig, fused_logits, fused_parameters, last_logits, train_command, uses_fused_forward
 
 TOKENS = AnchorTask().sample(128, torch.Generator().manual_seed(0)).tokens
 
@@ -45,6 +46,57 @@ def test_fused_forward_gradients_equal_the_hooked_ones():
         grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad})
     for name in grads[0]:
         torch.testing.assert_close(grads[0][name], grads[1][name], atol=1e-5, rtol=1e-3, msg=name)
+
+
+def test_fused_forward_reads_nonzero_biases_and_leaves_out_frozen_zero_ones():
+    model = models.build(0.5, seed=1)
+    assert not any(name.rsplit(".", 1)[-1].startswith("b_") for name in fused_parameters(model))
+    with torch.no_grad():  # a loaded model may carry biases: the fused forward must add them
+        for name, param in model.named_parameters():
+            if name.rsplit(".", 1)[-1].startswith("b_"):
+                param.normal_(0, 0.1, generator=torch.Generator().manual_seed(len(name)))
+    assert {"blocks.0.attn.b_Q", "blocks.1.mlp.b_out", "unembed.b_U"} <= set(fused_parameters(model))
+    torch.testing.assert_close(last_logits(model, TOKENS), model(TOKENS)[:, -1], atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("gamma", [0.3, 0.8])
+def test_bf16_forward_and_gradients_track_fp32(gamma):
+    # bf16 keeps 8 mantissa bits: logits and gradients agree with fp32 to a few percent
+    # (relative norm of the difference; gradient cosine >= 0.95 at gamma 0.3, 0.998 at 0.8), and the fp32 master parameters receive fp32 gradients.
+    model = models.build(gamma, seed=1)
+    params = fused_parameters(model)
+    labels = torch.randint(201, (len(TOKENS),), generator=torch.Generator().manual_seed(2))
+    outs = {}
+    for precision in ("fp32", "bf16"):
+        model.zero_grad()
+        logits = fused_logits(params, model.cfg, TOKENS, precision)
+        assert logits.dtype == torch.float32
+        F.cross_entropy(logits, labels).backward()
+        outs[precision] = logits.detach(), {n: p.grad.clone() for n, p in params.items()}
+    (ref, ref_grads), (low, low_grads) = outs["fp32"], outs["bf16"]
+    assert (low - ref).norm() <= 0.03 * ref.norm()
+    for name, grad in ref_grads.items():
+        assert low_grads[name].dtype == torch.float32
+        cosine = F.cosine_similarity(grad.flatten(), low_grads[name].flatten(), dim=0)
+        assert cosine > 0.95, (name, cosine)
+
+
+def test_bf16_training_is_deterministic_and_fp32_stays_available():
+    config = TrainConfig(gamma=0.5, max_steps=20, warmup_steps=2, **TINY)
+    first, second = models.train(config, progress=False), models.train(config, progress=False)
+    for (name, a), b in zip(first.model.state_dict().items(), second.model.state_dict().values()):
+        assert torch.equal(a, b), name
+    fp32 = models.train(dataclasses.replace(config, precision="fp32"), progress=False)
+    assert not torch.equal(fp32.model.W_E, first.model.W_E)  # a different arithmetic, not a silent alias
+    old_recipe = {k: v for k, v in config.recipe().items() if k != "precision"}  # written before bf16 existed
+    assert TrainConfig.from_recipe(old_recipe, seed=0).precision == "fp32"
+
+
+def test_bf16_needs_the_fused_forward():
+    config = TrainConfig(gamma=0.5, max_steps=2, warmup_steps=1, **{**TINY, "arch": {**TINY["arch"], "normalization_type": "RMS"}})
+    with pytest.raises(ValueError, match="precision fp32"):
+        models.train(config, progress=False)
+    assert models.train(dataclasses.replace(config, precision="fp32"), progress=False).steps == 2
 
 
 def test_other_configs_train_through_the_hooked_forward():

@@ -1,0 +1,158 @@
+"""Seed statistics: how often does a recipe give its solution, over seeds?
+
+A sweep over seeds (any sweep database: `models.sweep.results`) is grouped by every swept
+setting but the seed. Each group gets its label counts, the share of runs that gave the
+group's solution and the share that gave it cleanly (>= CLEAN on the (4,3) pair with test
+keys), each with an exact (Clopper-Pearson) binomial 95% interval, and that solution's
+accuracy at every key position, so a failure confined to one position (position 6, where
+the last token is the second anchor) shows."""
+
+from __future__ import annotations
+
+import tomllib
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from scipy.stats import binomtest
+
+from models.sweep import config_json
+
+PROTOCOL = Path(__file__).resolve().parent.parent / "models" / "sweeps" / "seeds.toml"
+
+CLEAN = 0.95  # a run is clean when its solution's (4,3) test-key accuracy reaches this
+SOLUTIONS = ("inferential", "symmetric")
+
+
+def seed_list(text: str) -> list[int]:
+    """Seeds from a range declared in models/sweeps/seeds.toml (tuning, validation,
+    spot_check), FIRST-LAST, or a comma-separated list."""
+    ranges = tomllib.loads(PROTOCOL.read_text())["ranges"]
+    try:
+        if text in ranges:
+            first, last = ranges[text]
+        elif "-" in text:
+            first, last = (int(part) for part in text.split("-"))
+        else:
+            return [int(part) for part in text.split(",")]
+    except ValueError:
+        raise ValueError(f"seeds: give {', '.join(ranges)}, FIRST-LAST or a comma list of integers, got {text!r}") from None
+    if last < first:
+        raise ValueError(f"seeds: empty range {text!r}")
+    return list(range(first, last + 1))
+
+
+def reproduced(rows: list[dict[str, Any]], reference: list[dict[str, Any]]) -> tuple[int, int, list[int]]:
+    """(runs whose metrics equal the reference run of the same config, runs that have a
+    reference run, seeds that differ): finished runs only."""
+    ref = {config_json(r["config"]): r["metrics"] for r in reference if r["status"] == "done"}
+    shared = [r for r in rows if r["status"] == "done" and config_json(r["config"]) in ref]
+    differ = [r["seed"] for r in shared if r["metrics"] != ref[config_json(r["config"])]]
+    return len(shared) - len(differ), len(shared), differ
+
+
+def interval(k: int, n: int) -> tuple[float, float]:
+    """Exact binomial 95% confidence interval of k successes in n runs."""
+    if n == 0:
+        return (0.0, 1.0)
+    ci = binomtest(k, n).proportion_ci(confidence_level=0.95, method="exact")
+    return (float(ci.low), float(ci.high))
+
+
+@dataclass
+class SeedGroup:
+    setting: dict[str, Any]  # the swept settings this group shares (every axis but seed)
+    solution: str  # the solution counted: the expected one if given, else the most common label
+    seeds: list[int]  # finished runs
+    pending: int  # cells of this group not finished (pending, running or failed)
+    labels: dict[str, int]  # label -> runs
+    accuracy: list[float]  # per run, the solution's (4,3) test-key accuracy, in seed order
+    by_position: list[list[float]]  # per run, the solution's accuracy at key position 0..6
+
+    @property
+    def n(self) -> int:
+        return len(self.seeds)
+
+    @property
+    def k_solution(self) -> int:
+        return self.labels.get(self.solution, 0)
+
+    @property
+    def k_clean(self) -> int:
+        return sum(a >= CLEAN for a in self.accuracy)
+
+    def position_means(self) -> list[float]:
+        return [sum(col) / len(col) for col in zip(*self.by_position)] if self.by_position else []
+
+    def position_clean(self) -> list[int]:
+        """Runs with the solution at >= CLEAN at each key position."""
+        return [sum(a >= CLEAN for a in col) for col in zip(*self.by_position)] if self.by_position else []
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "setting": self.setting,
+            "solution": self.solution,
+            "runs": self.n,
+            "pending": self.pending,
+            "labels": self.labels,
+            "solution_runs": self.k_solution,
+            "solution_ci": interval(self.k_solution, self.n),
+            "clean_runs": self.k_clean,
+            "clean_ci": interval(self.k_clean, self.n),
+            "seeds": self.seeds,
+            "accuracy": self.accuracy,
+            "position_mean": self.position_means(),
+            "position_clean_runs": self.position_clean(),
+        }
+
+
+def seed_groups(rows: list[dict[str, Any]], expect: dict[float, str] | None = None) -> list[SeedGroup]:
+    """Group sweep rows (models.sweep.results) by every swept setting except the seed.
+    `expect` maps gamma to the solution to count (inferential/symmetric); without it, a
+    group counts its most common label."""
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for row in rows:
+        setting = {k: v for k, v in row["params"].items() if k != "seed"}
+        groups.setdefault(tuple(sorted(setting.items())), []).append(row)
+    out = []
+    for key, members in groups.items():
+        done = sorted((r for r in members if r["status"] == "done"), key=lambda r: r["seed"])
+        labels = Counter(r["label"] for r in done)
+        gamma = members[0]["gamma"]
+        solution = (expect or {}).get(gamma) or _most_common_solution(labels)
+        out.append(SeedGroup(
+            setting=dict(key),
+            solution=solution,
+            seeds=[r["seed"] for r in done],
+            pending=len(members) - len(done),
+            labels=dict(labels.most_common()),
+            accuracy=[r["metrics"][f"{solution}_test_keys"] for r in done],
+            by_position=[r["metrics"][f"{solution}_by_position"] for r in done],
+        ))
+    return out
+
+
+def _most_common_solution(labels: Counter) -> str:
+    ranked = [label for label, _ in labels.most_common() if label in SOLUTIONS]
+    return ranked[0] if ranked else SOLUTIONS[0]
+
+
+def format_groups(groups: list[SeedGroup]) -> str:
+    """The table the `seeds` command prints."""
+    lines = []
+    for g in groups:
+        name = ", ".join(f"{k} {v}" for k, v in g.setting.items()) or "all runs"
+        lo, hi = interval(g.k_solution, g.n)
+        clo, chi = interval(g.k_clean, g.n)
+        counts = ", ".join(f"{label} {k}" for label, k in g.labels.items()) or "none"
+        lines += [
+            f"== {name}: {g.n} runs" + (f" ({g.pending} not finished)" if g.pending else ""),
+            f"   labels            {counts}",
+            f"   {g.solution:<17s} {g.k_solution}/{g.n}  (95% CI {lo:.2f}-{hi:.2f})",
+            f"   clean (>= {CLEAN})    {g.k_clean}/{g.n}  (95% CI {clo:.2f}-{chi:.2f})",
+            f"   by key position   mean {' '.join(f'{a:.2f}' for a in g.position_means())}",
+            f"                     clean runs {' '.join(str(k) for k in g.position_clean())}",
+            f"   per seed          " + " ".join(f"{s}:{a:.2f}" for s, a in zip(g.seeds, g.accuracy)),
+        ]
+    return "\n".join(lines)
