@@ -211,8 +211,11 @@ def _add_seeds(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--expect", action="append", default=[], metavar="GAMMA=SOLUTION",
                    help="the solution a gamma should give, e.g. 0.8=inferential (default: each gamma's most common label)")
     p.add_argument("--check", metavar="REFERENCE.db", help="also compare every run with the same run in this database")
+    p.add_argument("--keep-checkpoints", action="store_true", help="also save every model, in <db>.checkpoints/cell-<id>, "
+                   "to look at a failing seed with the probes")
     p.add_argument("--summary", action="store_true", help="only print the statistics of --db, train nothing")
     p.add_argument("--json", action="store_true", help="also print the statistics as one JSON line (last line)")
+    p.add_argument("--markdown", action="store_true", help="also print them as a README table")
     p.add_argument("--workers", type=int, help="runs at once (default: one per core)")
     p.add_argument("--threads", type=int, help="torch threads per run (default: cores / workers)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -223,7 +226,7 @@ def _run_seeds(args: argparse.Namespace) -> None:
     import json
     import shlex
 
-    from interp.seeds import format_groups, reproduced, seed_groups, seed_list
+    from interp.seeds import format_groups, markdown_table, reproduced, seed_groups, seed_list
     from models.sweep import SweepSpec, results, run_sweep
 
     expect = {}
@@ -238,7 +241,7 @@ def _run_seeds(args: argparse.Namespace) -> None:
         command = shlex.join(["anchor-interp", "seeds", "--db", args.db, "--gamma", args.gamma, "--seeds", args.seeds,
                               *([f"--layers={args.n_layers}"] if args.n_layers else []), *[a for f in args.fixed for a in ("--set", f)]])
         summary = run_sweep(SweepSpec.parse(grid, fixed), args.db, resume=True, workers=args.workers, threads=args.threads,
-                            progress=not args.quiet, command=command)
+                            keep_checkpoints=args.keep_checkpoints, progress=not args.quiet, command=command)
         for cell_id, error in summary.errors.items():
             print(f"  run {cell_id} failed: {error}", file=sys.stderr)
     _, rows = results(args.db)
@@ -247,6 +250,8 @@ def _run_seeds(args: argparse.Namespace) -> None:
     if args.check:
         same, total, differ = reproduced(rows, results(args.check)[1])
         print(f"reproduced {same} of {total} runs also in {args.check}" + (f"; differ: {differ}" if differ else ""))
+    if args.markdown:
+        print(markdown_table(groups, args.db))
     if args.json:
         print(json.dumps([g.to_dict() for g in groups]))
 

@@ -156,3 +156,22 @@ def format_groups(groups: list[SeedGroup]) -> str:
             f"   per seed          " + " ".join(f"{s}:{a:.2f}" for s, a in zip(g.seeds, g.accuracy)),
         ]
     return "\n".join(lines)
+
+
+def markdown_table(groups: list[SeedGroup], name: str) -> str:
+    """The groups as README table rows: `name` names the database and recipe."""
+    rows = []
+    for g in groups:
+        setting = ", ".join(f"{k} {v}" for k, v in g.setting.items())
+        lo, hi = interval(g.k_solution, g.n)
+        clo, chi = interval(g.k_clean, g.n)
+        rows.append(
+            f"| {name} | {setting} | {g.n}{f' (+{g.pending} pending)' if g.pending else ''} | "
+            + ", ".join(f"{label} {k}" for label, k in g.labels.items())
+            + f" | {g.solution} {g.k_solution}/{g.n} ({lo:.2f}-{hi:.2f}) | {g.k_clean}/{g.n} ({clo:.2f}-{chi:.2f}) | "
+            + " ".join(f"{a:.2f}" for a in g.position_means())
+            + " |"
+        )
+    header = ("| database | setting | runs | labels | solution (95% CI) | clean >= 0.95 (95% CI) | mean accuracy by key position 0-6 |\n"
+              "|---|---|---|---|---|---|---|")
+    return "\n".join([header, *rows])

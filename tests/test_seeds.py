@@ -1,0 +1,72 @@
+"""Seed statistics: the declared seed ranges, exact binomial intervals, grouping of sweep rows,
+and the `seeds` command end to end (a tiny recipe, run twice: the second run reproduces the
+first run's database rows)."""
+
+import json
+
+import pytest
+
+from interp import cli
+from interp.seeds import CLEAN, interval, reproduced, seed_groups, seed_list
+from models.sweep import results
+
+TINY = ["--set", "max_steps=12", "--set", "warmup_steps=2", "--set", "eval_every=6", "--set", "early_stop=False",
+        "--set", "batch_size=32", "--set", "d_model=16", "--set", "d_head=8", "--set", "d_mlp=32"]
+
+
+def test_seed_ranges_come_from_the_committed_protocol():
+    assert seed_list("validation") == list(range(1000, 1020))
+    assert seed_list("3-5") == [3, 4, 5]
+    assert seed_list("7,2") == [7, 2]
+    for bad in ("five", "5-3", "1-x"):
+        with pytest.raises(ValueError, match="seeds"):
+            seed_list(bad)
+
+
+def test_interval_is_the_exact_clopper_pearson_one():
+    lo, hi = interval(19, 20)
+    assert lo == pytest.approx(0.7513, abs=1e-4) and hi == pytest.approx(0.9987, abs=1e-4)
+    assert interval(0, 5)[0] == 0.0 and interval(5, 5)[1] == 1.0
+    assert interval(0, 0) == (0.0, 1.0)
+
+
+def _row(seed, gamma, label=None, inferential=0.0, symmetric=0.0, status="done"):
+    metrics = {"inferential_test_keys": inferential, "symmetric_test_keys": symmetric,
+               "inferential_by_position": [inferential] * 7, "symmetric_by_position": [symmetric] * 6 + [1 - symmetric]}
+    return {"params": {"seed": seed, "gamma": gamma}, "seed": seed, "gamma": gamma, "status": status, "label": label,
+            "metrics": metrics if status == "done" else None}
+
+
+def test_groups_count_labels_clean_runs_and_positions_per_gamma():
+    rows = [_row(1, 0.8, "inferential", 1.0, 0.0), _row(2, 0.8, "inferential", 0.9, 0.0), _row(3, 0.8, "symmetric", 0.14, 0.86),
+            _row(4, 0.8, status="pending"), _row(1, 0.3, "symmetric", 0.0, 1.0)]
+    by_gamma = {g.setting["gamma"]: g for g in seed_groups(rows, {0.8: "inferential", 0.3: "symmetric"})}
+    g = by_gamma[0.8]
+    assert (g.n, g.pending, g.labels, g.solution) == (3, 1, {"inferential": 2, "symmetric": 1}, "inferential")
+    assert (g.k_solution, g.k_clean) == (2, 1)
+    assert g.seeds == [1, 2, 3] and g.accuracy == [1.0, 0.9, 0.14]
+    assert g.position_clean() == [1] * 7
+    d = by_gamma[0.3].to_dict()
+    assert d["position_mean"] == [1.0] * 6 + [0.0]  # a failure confined to key position 6 shows
+    assert d["clean_runs"] == 1 and CLEAN == 0.95
+    # Without an expectation a group counts its most common solution.
+    assert {g.setting["gamma"]: g.solution for g in seed_groups(rows)} == {0.8: "inferential", 0.3: "symmetric"}
+
+
+def test_seeds_command_runs_resumes_and_reproduces_its_rows(tmp_path, capsys):
+    first, second = tmp_path / "first.db", tmp_path / "second.db"
+    args = ["seeds", "--gamma", "0.8,0.3", "--seeds", "0-1", "--workers", "1", "--threads", "1", "--quiet", *TINY]
+    assert cli.main([*args, "--db", str(first)]) == 0
+    assert cli.main([*args, "--db", str(second), "--check", str(first), "--json"]) == 0
+    out = capsys.readouterr().out
+    assert "reproduced 4 of 4 runs" in out
+    stats = json.loads(out.strip().splitlines()[-1])
+    assert [s["setting"] for s in stats] == [{"gamma": 0.8}, {"gamma": 0.3}] and all(s["runs"] == 2 for s in stats)
+    _, rows = results(second)
+    assert {r["config"].precision for r in rows} == {"bf16"} and len(rows) == 4
+    same, total, differ = reproduced(rows, results(first)[1])
+    assert (same, total, differ) == (4, 4, [])
+    # Rerun: nothing left to train; a summary reads the database alone.
+    assert cli.main([*args, "--db", str(second)]) == 0
+    assert cli.main(["seeds", "--db", str(second), "--summary", "--markdown"]) == 0
+    assert "| gamma 0.8 |" in capsys.readouterr().out
