@@ -214,6 +214,8 @@ def _add_seeds(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--keep-checkpoints", action="store_true", help="also save every model, in <db>.checkpoints/cell-<id>, "
                    "to look at a failing seed with the probes")
     p.add_argument("--summary", action="store_true", help="only print the statistics of --db, train nothing")
+    p.add_argument("--cards", nargs="+", metavar="MODEL", help="write each model card's validation distribution (its "
+                   "gamma's runs in --db, which must use the card's recipe) into the card")
     p.add_argument("--json", action="store_true", help="also print the statistics as one JSON line (last line)")
     p.add_argument("--markdown", action="store_true", help="also print them as a README table")
     p.add_argument("--workers", type=int, help="runs at once (default: one per core)")
@@ -226,7 +228,7 @@ def _run_seeds(args: argparse.Namespace) -> None:
     import json
     import shlex
 
-    from interp.seeds import format_groups, markdown_table, reproduced, seed_groups, seed_list
+    from interp.seeds import card_validation, format_groups, markdown_table, reproduced, seed_groups, seed_list
     from models.sweep import SweepSpec, results, run_sweep
 
     expect = {}
@@ -250,6 +252,15 @@ def _run_seeds(args: argparse.Namespace) -> None:
     if args.check:
         same, total, differ = reproduced(rows, results(args.check)[1])
         print(f"reproduced {same} of {total} runs also in {args.check}" + (f"; differ: {differ}" if differ else ""))
+    for name in args.cards or []:
+        import models
+        from models.files import write_text_atomic
+
+        card = models.card(name)
+        card["validation"] = card_validation(card, groups, rows, args.db)
+        path = write_text_atomic(models.hooked.resolve(name) / models.hooked.CARD_FILE, json.dumps(card, indent=2) + "\n")
+        v = card["validation"]
+        print(f"{path}: validation {v['solution']} {v['solution_runs']}/{v['runs']}, clean {v['clean_runs']}/{v['runs']}")
     if args.markdown:
         print(markdown_table(groups, args.db))
     if args.json:

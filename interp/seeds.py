@@ -9,6 +9,7 @@ the last token is the second anchor) shows."""
 
 from __future__ import annotations
 
+import json
 import tomllib
 from collections import Counter
 from dataclasses import dataclass
@@ -175,3 +176,16 @@ def markdown_table(groups: list[SeedGroup], name: str) -> str:
     header = ("| database | setting | runs | labels | solution (95% CI) | clean >= 0.95 (95% CI) | mean accuracy by key position 0-6 |\n"
               "|---|---|---|---|---|---|---|")
     return "\n".join([header, *rows])
+
+
+def card_validation(card: dict[str, Any], groups: list[SeedGroup], rows: list[dict[str, Any]], database: str) -> dict[str, Any]:
+    """The validation distribution of a model card's command: its gamma's group in a seed
+    database whose runs used the card's recipe (everything but the seed). Refuses a
+    database made with another recipe, which would describe another command."""
+    recipes = {json.dumps(r["config"].recipe(), sort_keys=True) for r in rows if r["gamma"] == card["gamma"]}
+    if recipes != {json.dumps(card["recipe"], sort_keys=True)}:
+        raise ValueError(f"{database} has no runs of this card's recipe at gamma {card['gamma']}: it describes another command")
+    group = next(g for g in groups if g.setting.get("gamma") == card["gamma"])
+    d = group.to_dict()
+    return {"database": database, **{k: d[k] for k in ("solution", "runs", "pending", "labels", "solution_runs", "solution_ci",
+                                                       "clean_runs", "clean_ci", "position_mean", "seeds", "accuracy")}, "clean_threshold": CLEAN}

@@ -70,3 +70,18 @@ def test_seeds_command_runs_resumes_and_reproduces_its_rows(tmp_path, capsys):
     assert cli.main([*args, "--db", str(second)]) == 0
     assert cli.main(["seeds", "--db", str(second), "--summary", "--markdown"]) == 0
     assert "| gamma 0.8 |" in capsys.readouterr().out
+
+
+def test_a_card_takes_the_validation_of_its_own_recipe_only():
+    from models.train import TrainConfig
+
+    from interp.seeds import card_validation
+
+    rows = [_row(s, 0.8, "inferential", 1.0, 0.0) | {"config": TrainConfig(gamma=0.8, seed=s)} for s in (1, 2)]
+    groups = seed_groups(rows, {0.8: "inferential"})
+    card = {"gamma": 0.8, "recipe": TrainConfig(gamma=0.8).recipe()}
+    v = card_validation(card, groups, rows, "v.db")
+    assert (v["runs"], v["solution_runs"], v["clean_runs"], v["database"]) == (2, 2, 2, "v.db")
+    other = {"gamma": 0.8, "recipe": TrainConfig(gamma=0.8, lr=5e-4).recipe()}
+    with pytest.raises(ValueError, match="another command"):
+        card_validation(other, groups, rows, "v.db")
