@@ -211,6 +211,8 @@ def _add_seeds(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--expect", action="append", default=[], metavar="GAMMA=SOLUTION",
                    help="the solution a gamma should give, e.g. 0.8=inferential (default: each gamma's most common label)")
     p.add_argument("--check", metavar="REFERENCE.db", help="also compare every run with the same run in this database")
+    p.add_argument("--compare", metavar="OTHER.db", help="also compare the label counts with this database's runs of the "
+                   "same seeds made another way (e.g. fp32 against bf16): same labels, and Fisher's exact test")
     p.add_argument("--keep-checkpoints", action="store_true", help="also save every model, in <db>.checkpoints/cell-<id>, "
                    "to look at a failing seed with the probes")
     p.add_argument("--summary", action="store_true", help="only print the statistics of --db, train nothing")
@@ -228,7 +230,7 @@ def _run_seeds(args: argparse.Namespace) -> None:
     import json
     import shlex
 
-    from interp.seeds import card_validation, format_groups, markdown_table, reproduced, seed_groups, seed_list
+    from interp.seeds import card_validation, compare_runs, format_groups, markdown_table, reproduced, seed_groups, seed_list
     from models.sweep import SweepSpec, results, run_sweep
 
     expect = {}
@@ -261,6 +263,11 @@ def _run_seeds(args: argparse.Namespace) -> None:
         path = write_text_atomic(models.hooked.resolve(name) / models.hooked.CARD_FILE, json.dumps(card, indent=2) + "\n")
         v = card["validation"]
         print(f"{path}: validation {v['solution']} {v['solution_runs']}/{v['runs']}, clean {v['clean_runs']}/{v['runs']}")
+    if args.compare:
+        for c in compare_runs(rows, results(args.compare)[1], expect):
+            name = ", ".join(f"{k} {v}" for k, v in c["setting"].items())
+            print(f"{name}: {c['runs']} seeds in both; same label in {c['same_label']}; {c['solution']} "
+                  f"{c['solution_runs'][0]} here vs {c['solution_runs'][1]} in {args.compare} (Fisher exact p = {c['fisher_p']:.2f})")
     if args.markdown:
         print(markdown_table(groups, args.db))
     if args.json:

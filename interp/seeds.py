@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from scipy.stats import binomtest
+from scipy.stats import binomtest, fisher_exact
 
 from models.sweep import config_json
 
@@ -189,3 +189,27 @@ def card_validation(card: dict[str, Any], groups: list[SeedGroup], rows: list[di
     d = group.to_dict()
     return {"database": database, **{k: d[k] for k in ("solution", "runs", "pending", "labels", "solution_runs", "solution_ci",
                                                        "clean_runs", "clean_ci", "position_mean", "seeds", "accuracy")}, "clean_threshold": CLEAN}
+
+
+def compare_runs(rows: list[dict[str, Any]], other: list[dict[str, Any]], expect: dict[float, str] | None = None) -> list[dict[str, Any]]:
+    """Two seed databases of one grid run two ways (say bf16 and fp32): per setting, on the
+    seeds finished in both, how many runs gave the same label, each side's count of the
+    solution, and Fisher's exact test of the two counts (p: the chance of a difference at
+    least this large if both ways gave the solution equally often)."""
+    def finished(rs):
+        return {json.dumps(r["params"], sort_keys=True): r for r in rs if r["status"] == "done"}
+
+    mine, theirs = finished(rows), finished(other)
+    shared = sorted(set(mine) & set(theirs))
+    out = []
+    for group in seed_groups([mine[k] for k in shared], expect):
+        pairs = [(mine[k], theirs[k]) for k in shared
+                 if {n: v for n, v in mine[k]["params"].items() if n != "seed"} == group.setting]
+        n = len(pairs)
+        k_mine = sum(a["label"] == group.solution for a, _ in pairs)
+        k_theirs = sum(b["label"] == group.solution for _, b in pairs)
+        _, p = fisher_exact([[k_mine, n - k_mine], [k_theirs, n - k_theirs]]) if n else (None, 1.0)
+        out.append({"setting": group.setting, "solution": group.solution, "runs": n,
+                    "same_label": sum(a["label"] == b["label"] for a, b in pairs),
+                    "solution_runs": [k_mine, k_theirs], "fisher_p": float(p)})
+    return out

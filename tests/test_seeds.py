@@ -85,3 +85,16 @@ def test_a_card_takes_the_validation_of_its_own_recipe_only():
     other = {"gamma": 0.8, "recipe": TrainConfig(gamma=0.8, lr=5e-4).recipe()}
     with pytest.raises(ValueError, match="another command"):
         card_validation(other, groups, rows, "v.db")
+
+
+def test_two_ways_of_running_the_same_seeds_compare_label_by_label():
+    from interp.seeds import compare_runs
+
+    bf16 = [_row(1, 0.8, "inferential", 1.0, 0.0), _row(2, 0.8, "inferential", 1.0, 0.0), _row(3, 0.8, "symmetric", 0.1, 0.9)]
+    fp32 = [_row(1, 0.8, "inferential", 1.0, 0.0), _row(2, 0.8, "symmetric", 0.1, 0.9), _row(4, 0.8, "inferential", 1.0, 0.0)]
+    (c,) = compare_runs(bf16, fp32, {0.8: "inferential"})
+    assert (c["runs"], c["same_label"], c["solution_runs"]) == (2, 1, [2, 1])  # seeds 1 and 2 only
+    assert c["fisher_p"] == pytest.approx(1.0)
+    many = [_row(s, 0.8, "inferential", 1.0, 0.0) for s in range(20)]
+    (c,) = compare_runs(many, [_row(s, 0.8, "symmetric", 0.0, 1.0) for s in range(20)], {0.8: "inferential"})
+    assert c["same_label"] == 0 and c["fisher_p"] < 1e-9
