@@ -29,7 +29,8 @@ from pathlib import Path
 import torch
 
 from models.files import write_text_atomic
-from models.sweep import SweepSpec, available_cores, run_cell, run_sweep
+from interp.sweep import available_cores, run_cell, run_sweep
+from models.sweep import SweepSpec
 
 RESULTS = Path(__file__).parent / "results" / "sweep_speed.json"
 

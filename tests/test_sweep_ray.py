@@ -9,7 +9,8 @@ import pytest
 ray = pytest.importorskip("ray", reason="the Ray executor is optional: pip install 'anchor-interp[ray]'")
 
 import test_sweep  # noqa: E402
-from models.sweep import SweepSpec, run_sweep  # noqa: E402
+from interp.sweep import run_sweep  # noqa: E402
+from models.sweep import SweepSpec  # noqa: E402
 from test_sweep import TINY, flaky_cell  # noqa: E402
 
 # Ray workers import functions by module name, and the tests are no installed module: ship
