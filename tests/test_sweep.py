@@ -18,7 +18,7 @@ import torch
 from interp import cli
 from interp.sweep_report import cell_table, phase_table, progress_table, sweep_sections
 from interp.sweep import mechanism, run_cell, run_sweep
-from models.sweep import Cell, SweepSpec, SweepStore, results
+from models.sweep import Cell, SweepSpec, SweepStore, check_database, results
 
 REPO = Path(__file__).resolve().parents[1]
 # Tiny cells: a 16-wide model, a few steps, one evaluation.
@@ -71,7 +71,58 @@ def test_the_shipped_default_grid():
     assert spec.fixed == {"lr": 3e-4, "weight_decay": 0.1, "decay_norms": True, "max_steps": 1500}
 
 
+def test_the_phase_and_lr_wd_grids_on_the_shipped_recipe():
+    from models.sweep import config_json
+    from models.train import TrainConfig
+
+    phase = SweepSpec.from_toml("phase")
+    assert list(phase.grid) == ["seed", "n_layers", "gamma"]  # seeds outermost: a partial run holds whole diagrams
+    assert len(phase.grid["seed"]) == 5 and phase.grid["n_layers"] == (2, 3, 4)
+    assert phase.grid["gamma"] == pytest.approx([0.1 * i for i in range(1, 11)])
+    assert phase.fixed == {}  # the recipe is TrainConfig's defaults
+    cells = phase.cells()
+    assert len(cells) == 150 and config_json(cells[-1].config) == config_json(TrainConfig(seed=14, n_layers=4, gamma=1.0))
+
+    lr_wd = SweepSpec.from_toml("lr_wd")
+    assert list(lr_wd.grid)[0] == "seed" and len(lr_wd.grid["seed"]) == 2 and lr_wd.fixed == {"n_layers": 3}
+    assert lr_wd.grid["gamma"] == (0.3, 0.8)  # one on each side of the boundary
+    assert lr_wd.grid["lr"] == (3e-4, 1e-3, 3e-3) and lr_wd.grid["weight_decay"] == (0.3, 1.0, 1.5, 3.0)
+    assert len(lr_wd.cells()) == 48
+
+
 SHIPPED_DB = Path(__file__).parents[1] / "models" / "sweeps" / "default.db"
+
+
+@pytest.mark.parametrize("db", sorted(SHIPPED_DB.parent.glob("*.db")), ids=lambda p: p.name)
+def test_every_shipped_database_holds_exactly_its_spec(db):
+    """Each models/sweeps/NAME.db holds the cells of NAME.toml, each with its full recipe."""
+    check_database(db, db.with_suffix(".toml"))
+
+
+def test_a_database_that_is_not_its_spec_is_refused_with_the_difference(tmp_path):
+    import shutil
+
+    other = SweepSpec.parse(["seed=0,1,2", "n_layers=2,3", "gamma=0.2,0.3"], ["lr=3e-4", "weight_decay=0.1", "decay_norms=True", "max_steps=1500"])
+    with pytest.raises(ValueError, match=r"does not hold the sweep 12 cells: .*grid gamma: \[0.2, 0.3, 0.4"):
+        check_database(SHIPPED_DB, other)
+    db = tmp_path / "copy.db"
+    shutil.copy(SHIPPED_DB, db)
+    con = sqlite3.connect(db)
+    with con:  # one cell trained with another lr
+        config = json.loads(con.execute("SELECT config FROM cells WHERE id=5").fetchone()[0])
+        config["recipe"]["lr"] = 1e-3
+        con.execute("UPDATE cells SET config=? WHERE id=5", (json.dumps(config),))
+    con.close()
+    with pytest.raises(ValueError, match=r"cell 5: lr 0.001 -> 0.0003"):
+        check_database(db, "default")
+    con = sqlite3.connect(db)
+    with con:
+        con.execute("DELETE FROM cells WHERE id=41")
+    con.close()
+    with pytest.raises(ValueError, match="it holds 41 cells, the spec has 42"):
+        check_database(db, "default")
+
+
 
 
 def test_the_shipped_phase_diagram_is_the_default_sweep_and_shows_the_papers_result():
