@@ -278,7 +278,7 @@ def run_sweep(
     committing each result as it arrives. A failed cell records its error and the sweep goes
     on. On Ctrl-C the running cells go back to 'pending' and KeyboardInterrupt propagates.
 
-    `cell_fn` is what a worker runs per cell (default: train + classify); it must be
+    `cell_fn` is what a worker runs per cell (default: train, classify, mechanism); it must be
     importable by the workers. Checkpoints, when kept, go to <db>.checkpoints/cell-<id>."""
     if executor not in ("local", "ray"):
         raise ValueError(f"unknown executor {executor!r}; choose local or ray")
