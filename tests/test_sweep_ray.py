@@ -90,10 +90,11 @@ def _stop(node: subprocess.Popen) -> None:
         pass
 
 
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(300)
 def test_a_sweep_runs_on_a_two_node_ray_cluster(tmp_path):
     """`ray start --head` plus `ray start --address` (one CPU each, own temp dirs), then the CLI
-    with --executor ray --address: the two cells run at once, one on each node."""
+    with --executor ray --address: the two cells run at once, one on each node. About 50 s on
+    an idle 2-core machine; the limits leave room for a busy one."""
     ray_cli = shutil.which("ray", path=str(Path(sys.executable).parent)) or shutil.which("ray")
     if ray_cli is None:
         pytest.skip("the ray command is not installed")
@@ -106,7 +107,7 @@ def test_a_sweep_runs_on_a_two_node_ray_cluster(tmp_path):
     nodes = []
     try:
         nodes.append(start("--head", "--port", str(port), "--node-ip-address", "127.0.0.1", "--include-dashboard", "false", "--temp-dir", str(temp / "head")))
-        deadline = time.monotonic() + 40
+        deadline = time.monotonic() + 120
         while "node_" not in _ray_status(ray_cli, address, env):
             assert time.monotonic() < deadline and nodes[0].poll() is None, "the head node did not start"
             time.sleep(0.5)
@@ -118,7 +119,7 @@ def test_a_sweep_runs_on_a_two_node_ray_cluster(tmp_path):
         db = tmp_path / "cluster.db"
         sweep = subprocess.run([sys.executable, "-m", "interp.cli", "sweep", "--db", str(db), "--grid", "seed=0,1",
                                 *[a for s in TINY for a in ("--set", s)], "--executor", "ray", "--address", address, "--quiet"],
-                               cwd=REPO, env=env, capture_output=True, text=True, timeout=90)
+                               cwd=REPO, env=env, capture_output=True, text=True, timeout=170)
         assert sweep.returncode == 0, sweep.stderr[-3000:]
         con = sqlite3.connect(db)
         got = con.execute("SELECT status, worker, metrics FROM cells ORDER BY id").fetchall()
