@@ -133,7 +133,8 @@ def time_to_solution(name: str) -> dict:
 
 
 def models_per_hour(n_seeds: int) -> dict:
-    from models.sweep import SweepSpec, available_cores, run_sweep
+    from interp.sweep import available_cores, run_sweep
+    from models.sweep import SweepSpec
 
     cores = available_cores()
     spec = SweepSpec.parse([f"seed={','.join(str(9000 + i) for i in range(n_seeds))}", "gamma=0.8,0.3"])

@@ -1,4 +1,4 @@
-"""What analysts call: information flow, anchor vectors, weight complexity, figures, the report.
+"""What analysts call: information flow, anchor vectors, weight complexity, figures, the report, sweeps.
 
     import interp, models
     model = models.load("inferential")
@@ -29,6 +29,8 @@ _EXPORTS = {
     "embedding_structure": "interp.complexity",
     "spectra": "interp.complexity",
     "build_report": "interp.report",
+    "run_sweep": "interp.sweep",
+    "mechanism": "interp.sweep",
     "figures": "interp.figures",
 }
 

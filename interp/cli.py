@@ -6,6 +6,7 @@ import argparse
 import ast
 import dataclasses
 import sys
+from pathlib import Path
 
 SHIPPED = ("inferential", "symmetric")
 
@@ -88,7 +89,7 @@ def _add_sweep(sub: argparse._SubParsersAction) -> None:
                                    "file. Axes: any TrainConfig field (gamma, n_layers, seed, lr, weight_decay, "
                                    "dataset_size, ...) or HookedTransformerConfig field (d_model, ...).")
     p.add_argument("--db", required=True, help="the sweep's SQLite file (created; with --resume, continued)")
-    p.add_argument("--spec", help="TOML grid file, or the name of a shipped one (default: models/sweeps/default.toml)")
+    p.add_argument("--spec", help="TOML grid file, or the name of a shipped one (default without --grid: models/sweeps/default.toml)")
     p.add_argument("--grid", action="append", default=[], metavar="NAME=V1,V2,...",
                    help="a swept axis, e.g. --grid gamma=0.3,0.5,0.8 (repeatable; replaces the --spec file's)")
     p.add_argument("--set", dest="fixed", action="append", default=[], metavar="NAME=VALUE",
@@ -106,13 +107,24 @@ def _add_sweep(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=_run_sweep)
 
 
-def _run_sweep(args: argparse.Namespace) -> None:
+def _sweep_spec(args: argparse.Namespace):
+    """The grid to run: --spec (default: the shipped default.toml unless --grid is given) with
+    --grid/--set over it; None (the database's own grid) to continue or describe a --db."""
+    from models.sweep import SweepSpec
+
+    if not (args.spec or args.grid or args.fixed) and (args.resume or args.dry_run and Path(args.db).exists()):
+        return None
+    base = SweepSpec.from_toml(args.spec or "default") if args.spec or not args.grid else None
+    return SweepSpec.parse(args.grid, args.fixed, base) if args.grid or args.fixed else base
+
+
+def _run_sweep(args: argparse.Namespace) -> int:
     import shlex
 
-    from models.sweep import SweepSpec, SweepStore, run_sweep
+    from interp.sweep import run_sweep
+    from models.sweep import SweepStore
 
-    base = SweepSpec.from_toml(args.spec) if args.spec else None
-    spec = SweepSpec.parse(args.grid, args.fixed, base) if args.grid or args.fixed else base
+    spec = _sweep_spec(args)
     if args.dry_run:
         if spec is None:
             store = SweepStore(args.db)
@@ -120,9 +132,7 @@ def _run_sweep(args: argparse.Namespace) -> None:
             store.close()
             print(f"{args.db}: {counts}")
         print(spec.describe())
-        return
-    if spec is None and not args.resume:
-        raise ValueError("give a grid (--spec FILE, --grid NAME=V1,V2,...) or --resume an existing --db")
+        return 0
     resume_command = shlex.join(["anchor-interp", "sweep", "--db", args.db, "--resume"])
     command = shlex.join(["anchor-interp", "sweep", "--db", args.db, *(["--spec", args.spec] if args.spec else []),
                           *[a for g in args.grid for a in ("--grid", g)], *[a for f in args.fixed for a in ("--set", f)]])
@@ -135,10 +145,14 @@ def _run_sweep(args: argparse.Namespace) -> None:
         raise SystemExit(130) from None
     print(f"{summary.path}: {summary.done}/{summary.total} cells done, {summary.failed} failed "
           f"({summary.ran} run now in {summary.seconds:.0f} s); figures: anchor-interp report {summary.path}")
-    for cell_id, error in summary.errors.items():
-        print(f"  cell {cell_id} failed: {error}", file=sys.stderr)
-    if summary.failed:
-        print(f"retry the failed cells with: {resume_command}", file=sys.stderr)
+    if not summary.failed:
+        return 0
+    # A sweep with failed cells did not do its job: say so in one line and exit non-zero.
+    first = next(iter(summary.errors.items()), None)  # none when --no-retry-failed left old failures alone
+    detail = f" (first: cell {first[0]}: {first[1]})" if first else ""
+    print(f"anchor-interp sweep: error: {summary.failed} of {summary.total} cells failed{detail}; "
+          f"errors are in {args.db}; retry them with: {resume_command}", file=sys.stderr)
+    return 1
 
 
 def _add_report(sub: argparse._SubParsersAction) -> None:
@@ -231,7 +245,8 @@ def _run_seeds(args: argparse.Namespace) -> None:
     import shlex
 
     from interp.seeds import card_validation, compare_runs, format_groups, markdown_table, reproduced, seed_groups, seed_list
-    from models.sweep import SweepSpec, results, run_sweep
+    from interp.sweep import run_sweep
+    from models.sweep import SweepSpec, results
 
     expect = {}
     for item in args.expect:
@@ -289,12 +304,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        args.run(args)
+        code = args.run(args)
     except (ValueError, FileExistsError, FileNotFoundError) as err:
         # Bad input: one clear line, not a traceback.
         print(f"anchor-interp {args.command}: error: {err}", file=sys.stderr)
         return 2
-    return 0
+    return code or 0
 
 
 if __name__ == "__main__":

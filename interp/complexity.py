@@ -130,6 +130,12 @@ class Spectra:
         """sum_i (sigma_i / sigma_max)^2 for every matrix."""
         return {name: (s / s[0]).square().sum().item() if s[0] > 0 else 0.0 for name, s in self.singular_values.items()}
 
+    @property
+    def mean_stable_rank(self) -> float:
+        """The stable rank averaged over the weight matrices: one number for how simple they are."""
+        ranks = self.stable_rank
+        return sum(ranks.values()) / len(ranks)
+
     def to_dict(self) -> dict:
         return {"stable_rank": self.stable_rank}
 

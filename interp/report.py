@@ -60,7 +60,6 @@ class ModelAnalysis:
         scores = self.vectors.scores()
         first = scores[self.vectors.hooks[0]]
         cond = self.complexity.condensation.to_dict()
-        ranks = self.complexity.spectra.stable_rank
         return {
             "solution": c.label,
             "seen pairs, train keys": f"{c.seen_train_keys:.3f}",
@@ -77,7 +76,7 @@ class ModelAnalysis:
             "(4,3) vs (3,4) cosine after layer 0": f"{first['mirror_pair_cosine']:.2f} (other pairs {first['other_pairs_cosine']:.2f})",
             f"W_Q neuron groups (cos > {cond['threshold']})": f"{cond['n_neurons']} neurons in {cond['n_groups']} groups",
             "key embedding ordinal R^2": f"{self.complexity.embedding.ordinal_r2:.2f}",
-            "mean stable rank of weights": f"{sum(ranks.values()) / len(ranks):.1f}",
+            "mean stable rank of weights": f"{self.complexity.spectra.mean_stable_rank:.1f}",
         }
 
 

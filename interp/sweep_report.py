@@ -1,8 +1,11 @@
-"""Phase diagrams from a sweep database (models/sweep.py): the paper's Fig. 2.
+"""Phase diagrams from a sweep database (models/sweep.py): the paper's Fig. 2, and beside it
+the same grid labelled by mechanism.
 
-Data first: `cell_table` (one row per finished cell) and `phase_table` (one row per
-gamma x depth: the seeds' mean at the best learning rate, and the label), then thin figure
-functions, and `sweep_sections(db)` for the HTML report (`anchor-interp report SWEEP.db`).
+Data first: `cell_table` (one row per finished cell), `phase_table` (one row per gamma x
+depth: the seeds' mean at the best learning rate, the label, the seeds' routes, how many
+cells are still pending), then thin figure functions, and `sweep_sections(db)` for the HTML
+report (`anchor-interp report SWEEP.db`). A partial database renders: unfinished cells show
+as pending.
 
 Rules, as in the paper: accuracies are averaged over seeds; when several learning rates
 were swept, each (gamma, depth) shows the one whose seeds fit the seen pairs best (mean
@@ -11,6 +14,11 @@ smaller lr), a choice blind to which solution it favours. The label is
 `probes.solution.label_of` on the seed means. Every other swept axis (weight decay,
 width, ...) gets its own diagram. Init std = d_model^-gamma for the embeddings, shown
 beside gamma because it depends on width.
+
+Mechanism (recorded per run by interp.sweep.mechanism; None in databases made before): the
+diagram shows each cell's most common route among its seeds, and the agreement: the share
+of CLEAN runs (behavioural label inferential or symmetric with that (4,3) accuracy >= 0.9)
+whose route equals their behavioural label.
 """
 
 from __future__ import annotations
@@ -27,25 +35,41 @@ from models.sweep import results
 from probes.solution import LABELS, UNFIT_THRESHOLD, label_of
 
 ACCURACIES = ("seen_test_keys", "inferential_test_keys", "symmetric_test_keys")
+MECHANISM = ("route", "composition_score", "wq_groups", "mean_stable_rank")  # metrics keys, from interp.sweep.mechanism
+CLEAN = 0.9  # a run is clean when its label's (4,3) accuracy is at least this (issue 12's clean phase)
+ROUTES = ("inferential", "symmetric", "mixed", "other")
 PHASE_AXES = ("gamma", "n_layers", "seed", "lr")  # the diagram's axes, and what it averages or maximises over
 SHORT_LABELS = {"inferential": "inf", "symmetric": "sym", "other": "other", "unfit": "unfit"}
-LABEL_COLORS = {"inferential": "#1f77b4", "symmetric": "#ff7f0e", "other": "#b0b0b0", "unfit": "#4d4d4d"}
+LABEL_COLORS = {"inferential": "#1f77b4", "symmetric": "#ff7f0e", "other": "#b0b0b0", "unfit": "#4d4d4d", "mixed": "#9467bd"}
+PENDING_COLOR = "#ececec"
+MAX_WIDTH = 1200  # px: every figure fits a 1280 px window
 UNFIT_SHADE = "rgba(60, 60, 60, 0.8)"
 
 
 # ---- data -------------------------------------------------------------------------------
 def cell_table(meta: dict[str, Any], rows: list[dict[str, Any]]) -> pd.DataFrame:
     """One row per finished cell: its swept values, gamma, n_layers, seed, lr, d_model,
-    init_std (of the embeddings), the three accuracies and the label."""
-    facets = facet_axes(meta)
-    records = [
-        {**{k: r["params"][k] for k in facets}, **{k: r[k] for k in (*PHASE_AXES, "d_model", "label", *ACCURACIES)}}
-        for r in rows
-        if r["status"] == "done"
-    ]
-    cells = pd.DataFrame(records, columns=[*facets, *PHASE_AXES, "d_model", "label", *ACCURACIES])
+    init_std (of the embeddings), the three accuracies, the label, the mechanism (None where
+    not recorded), whether the run is judged (clean, with a route) and agrees (judged, and
+    its route is its label)."""
+    columns = list(dict.fromkeys([*facet_axes(meta), *PHASE_AXES, "d_model", "label", *ACCURACIES]))  # d_model may be swept too
+    records = [{**{k: r["params"].get(k, r.get(k)) for k in columns}, **{k: (r["metrics"] or {}).get(k) for k in MECHANISM}}
+               for r in rows if r["status"] == "done"]
+    cells = pd.DataFrame(records, columns=[*columns, *MECHANISM])
     cells["init_std"] = cells["d_model"].astype(float) ** -cells["gamma"].astype(float)
+    own = np.where(cells["label"] == "inferential", cells["inferential_test_keys"], cells["symmetric_test_keys"]).astype(float)
+    # Judged: clean runs with a recorded route (databases before mechanism recording have none).
+    cells["judged"] = cells["label"].isin(["inferential", "symmetric"]) & (own >= CLEAN) & cells["route"].notna()
+    cells["agrees"] = cells["judged"] & (cells["route"] == cells["label"])
     return cells
+
+
+def progress_table(meta: dict[str, Any], rows: list[dict[str, Any]]) -> pd.DataFrame:
+    """Per (facets, gamma, n_layers): how many cells the grid has there and how many are done."""
+    keys = [*facet_axes(meta), "gamma", "n_layers"]
+    frame = pd.DataFrame([{"d_model": r["d_model"], **{k: r["params"].get(k, r.get(k)) for k in keys}, "done": r["status"] == "done"} for r in rows])
+    table = frame.groupby(keys, dropna=False).agg(n_cells=("done", "size"), n_done=("done", "sum"), **({} if "d_model" in keys else {"d_model": ("d_model", "first")}))
+    return table.reset_index()
 
 
 def facet_axes(meta: dict[str, Any]) -> list[str]:
@@ -53,26 +77,48 @@ def facet_axes(meta: dict[str, Any]) -> list[str]:
     return [k for k in meta["spec"]["grid"] if k not in PHASE_AXES]
 
 
-def phase_table(cells: pd.DataFrame, facets: list[str]) -> pd.DataFrame:
+def phase_table(cells: pd.DataFrame, facets: list[str], progress: pd.DataFrame | None = None) -> pd.DataFrame:
     """One row per (facets, gamma, n_layers): seed means and spreads at the best lr, the
-    number of seeds, their labels, and the label of the means."""
+    number of seeds, their labels, the label of the means, the seeds' routes (most common
+    first) and their clean runs' agreement. With `progress` (progress_table), also a row per
+    place with no finished cell yet, and n_cells / n_done everywhere."""
     keys = [*facets, "gamma", "n_layers"]
-    if cells.empty:
-        return pd.DataFrame(columns=[*keys, "lr", "d_model", "init_std", "n_seeds", "label", "seed_labels", *ACCURACIES])
-    by_lr = cells.groupby([*keys, "lr"], dropna=False)
-    table = by_lr[list(ACCURACIES)].mean()
-    for acc in ACCURACIES:
-        table[f"{acc}_std"] = by_lr[acc].std(ddof=0)
-    table["n_seeds"] = by_lr.size()
-    table["seed_labels"] = by_lr["label"].agg(lambda s: ", ".join(f"{k} {v}" for k, v in s.value_counts().items()))
-    table[["d_model", "init_std"]] = by_lr[["d_model", "init_std"]].first()
-    table = table.reset_index()
-    # Best lr: best fit, then the cleaner solution, then the smaller lr.
-    table["_clean"] = table[["inferential_test_keys", "symmetric_test_keys"]].max(axis=1)
-    table = table.sort_values([*keys, "seen_test_keys", "_clean", "lr"], ascending=[True] * len(keys) + [False, False, True])
-    best = table.groupby(keys, dropna=False, sort=True).head(1).drop(columns="_clean").reset_index(drop=True)
-    best["label"] = [label_of(s, i, y) for s, i, y in zip(best["seen_test_keys"], best["inferential_test_keys"], best["symmetric_test_keys"])]
-    return best
+    columns = [*keys, "lr", "d_model", "init_std", "n_seeds", "label", "seed_labels", *ACCURACIES, "route", "routes", "n_clean", "n_agree"]
+    best = pd.DataFrame(columns=columns)
+    if not cells.empty:
+        by_lr = cells.groupby([*keys, "lr"], dropna=False)
+        table = by_lr[list(ACCURACIES)].mean()
+        for acc in ACCURACIES:
+            table[f"{acc}_std"] = by_lr[acc].std(ddof=0)
+        table["n_seeds"] = by_lr.size()
+        table["seed_labels"] = by_lr["label"].agg(_counts)
+        table["routes"] = by_lr["route"].agg(_counts)
+        table["route"] = by_lr["route"].agg(lambda s: s.value_counts().index[0] if s.notna().any() else None)
+        table["n_clean"] = by_lr["judged"].sum()
+        table["n_agree"] = by_lr["agrees"].sum()
+        per_run = [c for c in ("d_model", "init_std") if c not in keys]  # d_model may be a facet, hence a key
+        table[per_run] = by_lr[per_run].first()
+        table = table.reset_index()
+        # Best lr: best fit, then the cleaner solution, then the smaller lr.
+        table["_clean"] = table[["inferential_test_keys", "symmetric_test_keys"]].max(axis=1)
+        table = table.sort_values([*keys, "seen_test_keys", "_clean", "lr"], ascending=[True] * len(keys) + [False, False, True])
+        best = table.groupby(keys, dropna=False, sort=True).head(1).drop(columns="_clean").reset_index(drop=True)
+        best["label"] = [label_of(s, i, y) for s, i, y in zip(best["seen_test_keys"], best["inferential_test_keys"], best["symmetric_test_keys"])]
+    if progress is None:
+        return best
+    merged = progress.merge(best.drop(columns=[c for c in ("d_model", "init_std") if c not in keys]), on=keys, how="left")
+    merged["init_std"] = merged["d_model"].astype(float) ** -merged["gamma"].astype(float)
+    return merged.sort_values(keys).reset_index(drop=True)
+
+
+def _counts(values: pd.Series) -> str:
+    """'inferential 3, symmetric 1': how often each value occurs, most common first."""
+    return ", ".join(f"{k} {v}" for k, v in values.value_counts().items())
+
+
+def agreement(cells: pd.DataFrame) -> tuple[int, int]:
+    """(clean runs whose route equals their behavioural label, clean runs with a route)."""
+    return int(cells["agrees"].sum()), int(cells["judged"].sum())
 
 
 def facet_groups(table: pd.DataFrame, facets: list[str]) -> list[tuple[str, pd.DataFrame]]:
@@ -91,51 +137,100 @@ def _gamma_ticks(table: pd.DataFrame) -> tuple[list[str], list[str]]:
     return [f"{g:g}" for g in stds.index], [f"{g:g}<br>σ {s:.2g}" for g, s in stds.items()]
 
 
+def _pending(r: pd.Series) -> int:
+    """Cells of this place not finished yet (0 when the table has no progress columns)."""
+    return int(r.get("n_cells", 0) - r.get("n_done", 0))
+
+
 # ---- figures ----------------------------------------------------------------------------
 def _cell_text(r: pd.Series, gamma: str, depth: int) -> str:
+    where = f"γ {gamma} (σ {r['init_std']:.3g}), {depth} layers"
+    if not isinstance(r["label"], str):
+        return f"{where}: pending ({_pending(r)} cells, none finished)"
     return (
-        f"γ {gamma} (σ {r['init_std']:.3g}), {depth} layers, lr {r['lr']:g}<br>label {r['label']} (seeds: {r['seed_labels']})<br>"
+        f"{where}, lr {r['lr']:g}<br>label {r['label']} (seeds: {r['seed_labels']})<br>"
         f"inferential {r['inferential_test_keys']:.2f} ± {r['inferential_test_keys_std']:.2f}<br>"
         f"symmetric {r['symmetric_test_keys']:.2f} ± {r['symmetric_test_keys_std']:.2f}<br>"
-        f"seen pairs {r['seen_test_keys']:.2f} ± {r['seen_test_keys_std']:.2f}"
+        f"seen pairs {r['seen_test_keys']:.2f} ± {r['seen_test_keys_std']:.2f}<br>"
+        f"routes: {r['routes'] or 'not recorded'}; route = label in {r['n_agree']} of {r['n_clean']} clean runs"
+        + (f"<br>{_pending(r)} more cells pending" if _pending(r) else "")
     )
+
+
+class _Grid:
+    """A phase table laid out as [depth, gamma] matrices, with hover text per place."""
+
+    def __init__(self, phase: pd.DataFrame):
+        self.gammas, self.gamma_text = _gamma_ticks(phase)
+        self.depths = sorted(phase["n_layers"].unique())
+        self.y = [str(d) for d in self.depths]
+        self.table = phase.assign(g=[f"{g:g}" for g in phase["gamma"]]).set_index(["n_layers", "g"])
+        self.hover = [[_cell_text(self.table.loc[(d, g)], g, d) if (d, g) in self.table.index else "not in the grid" for g in self.gammas] for d in self.depths]
+
+    def matrix(self, column: str) -> np.ndarray:  # [depth, gamma]
+        return np.array([[self.table[column].get((d, g), np.nan) for g in self.gammas] for d in self.depths], dtype=object)
+
+    def pending(self) -> np.ndarray:  # [depth, gamma]: cells not finished yet
+        if "n_cells" not in self.table:
+            return np.zeros((len(self.depths), len(self.gammas)), dtype=int)
+        return np.nan_to_num((self.matrix("n_cells") - self.matrix("n_done")).astype(float)).astype(int)
+
+    def category_panel(self, fig: go.Figure, col: int, values: np.ndarray, categories: tuple[str, ...]) -> None:
+        """Heatmap of categorical `values` [depth, gamma] in their colours; a place with no
+        finished cell is grey 'pending', one with some cells still running is marked '*'."""
+        n = len(categories) + 1  # the last code: pending
+        codes = np.array([[categories.index(v) if isinstance(v, str) else n - 1 for v in row] for row in values], dtype=float)
+        colors = [*(LABEL_COLORS[c] for c in categories), PENDING_COLOR]
+        scale = [[edge, color] for i, color in enumerate(colors) for edge in (i / n, (i + 1) / n)]
+        text = [[(SHORT_LABELS.get(v, v) if isinstance(v, str) else "pending") + ("*" if pending and isinstance(v, str) else "")
+                 for v, pending in zip(row, pending_row)] for row, pending_row in zip(values, self.pending())]
+        fig.add_trace(go.Heatmap(z=codes, x=self.gammas, y=self.y, zmin=-0.5, zmax=n - 0.5, colorscale=scale, showscale=False,
+                                 text=text, texttemplate="%{text}", textfont=dict(size=11, color="white"),
+                                 customdata=self.hover, hovertemplate="%{customdata}<extra></extra>"), 1, col)
+
+    def layout(self, fig: go.Figure, title: str, panels: int) -> go.Figure:
+        for col in range(1, panels + 1):
+            fig.update_xaxes(title_text="γ (embedding init std σ = d_model^-γ)", tickvals=self.gammas, ticktext=self.gamma_text, tickangle=0,
+                             tickfont=dict(size=10), type="category", row=1, col=col)
+            fig.update_yaxes(title_text="layers" if col == 1 else None, type="category", row=1, col=col)
+        fig.update_layout(title=title, height=280 + 50 * len(self.depths), width=min(MAX_WIDTH, 600 + 60 * len(self.gammas)))
+        return fig
 
 
 def phase_diagram_figure(phase: pd.DataFrame, title: str = "Phase diagram") -> go.Figure:
     """Three heatmaps over gamma x depth: symmetric and inferential accuracy on (4,3) (test
     keys, seed means, unfit cells shaded) and the solution label."""
-    gammas, gamma_text = _gamma_ticks(phase)
-    depths = sorted(phase["n_layers"].unique())
-    grid = phase.assign(g=[f"{g:g}" for g in phase["gamma"]]).set_index(["n_layers", "g"])
-
-    def matrix(column: str) -> np.ndarray:  # [depth, gamma]
-        return np.array([[grid[column].get((d, g), np.nan) for g in gammas] for d in depths], dtype=object)
-
-    text_rows = [[_cell_text(grid.loc[(d, g)], g, d) if (d, g) in grid.index else "not run yet" for g in gammas] for d in depths]
-    labels = matrix("label")
+    grid = _Grid(phase)
+    labels = grid.matrix("label")
     unfit = np.where(labels == "unfit", 1.0, np.nan)
-    y = [str(d) for d in depths]
     fig = make_subplots(1, 3, subplot_titles=("symmetric accuracy on (4,3)", "inferential accuracy on (4,3)", "solution (inf: inferential, sym: symmetric)"), horizontal_spacing=0.06)
     for col, column in ((1, "symmetric_test_keys"), (2, "inferential_test_keys")):
-        z = matrix(column).astype(float)
-        fig.add_trace(go.Heatmap(z=z, x=gammas, y=y, coloraxis="coloraxis", text=text_rows, hoverinfo="text",
-                                 texttemplate="%{z:.2f}"), 1, col)
-        fig.add_trace(go.Heatmap(z=unfit, x=gammas, y=y, colorscale=[[0, UNFIT_SHADE], [1, UNFIT_SHADE]], showscale=False,
+        fig.add_trace(go.Heatmap(z=grid.matrix(column).astype(float), x=grid.gammas, y=grid.y, coloraxis="coloraxis", text=grid.hover,
+                                 hoverinfo="text", texttemplate="%{z:.2f}"), 1, col)
+        fig.add_trace(go.Heatmap(z=unfit, x=grid.gammas, y=grid.y, colorscale=[[0, UNFIT_SHADE], [1, UNFIT_SHADE]], showscale=False,
                                  hoverinfo="skip", text=np.where(labels == "unfit", "unfit", ""), texttemplate="%{text}",
                                  textfont=dict(color="white")), 1, col)
-    codes = np.array([[LABELS.index(v) if isinstance(v, str) else np.nan for v in row] for row in labels], dtype=float)
-    n = len(LABELS)
-    scale = [[edge, LABEL_COLORS[name]] for i, name in enumerate(LABELS) for edge in (i / n, (i + 1) / n)]
-    fig.add_trace(go.Heatmap(z=codes, x=gammas, y=y, zmin=-0.5, zmax=n - 0.5, colorscale=scale, showscale=False,
-                             text=[[SHORT_LABELS.get(v, "") for v in row] for row in labels], texttemplate="%{text}",
-                             textfont=dict(size=11, color="white"), customdata=text_rows, hovertemplate="%{customdata}<extra></extra>"), 1, 3)
-    for col in (1, 2, 3):
-        fig.update_xaxes(title_text="γ (embedding init std σ = d_model^-γ)", tickvals=gammas, ticktext=gamma_text, tickangle=0, tickfont=dict(size=10),
-                         type="category", row=1, col=col)
-        fig.update_yaxes(title_text="layers" if col == 1 else None, type="category", row=1, col=col)
-    fig.update_layout(title=title, coloraxis=dict(colorscale="Viridis", cmin=0, cmax=1, colorbar=dict(title="acc", x=1.0)),
-                      height=260 + 50 * len(depths), width=max(900, 1000 + 60 * len(gammas)))
-    return fig
+    grid.category_panel(fig, 3, labels, LABELS)
+    fig.update_layout(coloraxis=dict(colorscale="Viridis", cmin=0, cmax=1, colorbar=dict(title="acc", x=1.0, len=0.8)))
+    return grid.layout(fig, title + ("; * = some cells still pending" if grid.pending().any() else ""), 3)
+
+
+def mechanism_figure(phase: pd.DataFrame, cells: pd.DataFrame, title: str = "Behaviour and mechanism") -> go.Figure:
+    """Side by side over gamma x depth: the behavioural label (of the seed means), the most
+    common route of the seeds (interp.trace_flows), and their agreement: the share of clean
+    runs whose route equals their behavioural label."""
+    grid = _Grid(phase)
+    agree, judged = agreement(cells)
+    share = (grid.matrix("n_agree").astype(float) / grid.matrix("n_clean").astype(float))  # NaN: no clean run
+    fig = make_subplots(1, 3, horizontal_spacing=0.06, subplot_titles=(
+        "behaviour: label of the seed means", "mechanism: most common route", "route = label, share of clean runs"))
+    grid.category_panel(fig, 1, grid.matrix("label"), LABELS)
+    grid.category_panel(fig, 2, grid.matrix("route"), ROUTES)
+    counts = [[f"{a:.0f}/{c:.0f}" if c == c and c > 0 else "" for a, c in zip(ra, rc)] for ra, rc in zip(grid.matrix("n_agree"), grid.matrix("n_clean"))]
+    fig.add_trace(go.Heatmap(z=share, x=grid.gammas, y=grid.y, zmin=0, zmax=1, colorscale="RdYlGn", text=counts, texttemplate="%{text}",
+                             colorbar=dict(title="share", x=1.0, len=0.8), customdata=grid.hover, hovertemplate="%{customdata}<extra></extra>"), 1, 3)
+    total = f"route = behavioural label in {agree} of {judged} clean runs ({agree / judged:.0%})" if judged else "no clean run with a route yet"
+    return grid.layout(fig, f"{title}: {total} (clean: label's (4,3) accuracy ≥ {CLEAN})", 3)
 
 
 def accuracy_curves_figure(phase: pd.DataFrame, cells: pd.DataFrame, title: str = "Accuracy vs gamma") -> go.Figure:
@@ -164,22 +259,28 @@ def accuracy_curves_figure(phase: pd.DataFrame, cells: pd.DataFrame, title: str 
         fig.update_xaxes(title_text="γ (σ)", tickvals=[float(g) for g in gammas], ticktext=gamma_text, tickangle=0, tickfont=dict(size=10), row=row, col=col)
     fig.update_yaxes(range=[-0.03, 1.03])
     fig.update_yaxes(title_text="accuracy", col=1)
-    fig.update_layout(title=title + " (dashed: the fit threshold below which a model is unfit)", height=80 + 340 * rows, width=max(700, 250 + cols * (100 + 45 * len(gammas))))
+    fig.update_layout(title=title + " (dashed: the fit threshold below which a model is unfit)", height=80 + 340 * rows,
+                      width=min(MAX_WIDTH, max(700, 250 + cols * (100 + 45 * len(gammas)))))
     return fig
 
 
-def status_figure(meta: dict[str, Any], rows: list[dict[str, Any]]) -> go.Figure:
-    """The sweep itself: its spec and command, progress, cost, and any failed cells."""
+def status_figure(meta: dict[str, Any], rows: list[dict[str, Any]], cells: pd.DataFrame) -> go.Figure:
+    """The sweep itself: its spec and command, progress, cost, agreement, and any failed cells."""
     status = pd.Series([r["status"] for r in rows]).value_counts()
-    seconds = pd.Series([r["wall_seconds"] for r in rows if r["wall_seconds"] is not None], dtype=float)
+    done = [r for r in rows if r["status"] == "done" and r["wall_seconds"] is not None]
+    seconds = pd.Series([r["wall_seconds"] for r in done], dtype=float)
+    after = pd.Series([r["wall_seconds"] - r["train_seconds"] for r in done if r["train_seconds"] is not None], dtype=float)
     spec = meta["spec"]
+    agree, judged = agreement(cells)
     facts = {
         "grid": "; ".join(f"{k} {v}" for k, v in spec["grid"].items()),
         "fixed": ", ".join(f"{k}={v}" for k, v in spec["fixed"].items()) or "(TrainConfig defaults)",
         "command": meta.get("command", ""),
         "created": meta.get("created", ""),
         "cells": ", ".join(f"{status.get(s, 0)} {s}" for s in ("done", "failed", "running", "pending")) + f" of {len(rows)}",
-        "cost": f"{seconds.sum() / 60:.1f} min of cell time, median {seconds.median() if len(seconds) else float('nan'):.0f} s per cell",
+        "cost": f"{seconds.sum() / 60:.1f} min of cell time, median {seconds.median() if len(seconds) else float('nan'):.0f} s per cell, "
+                f"of which {after.median() if len(after) else float('nan'):.1f} s after training (classification, mechanism probes)",
+        "mechanism": f"route = behavioural label in {agree} of {judged} clean runs" if cells["route"].notna().any() else "not recorded in this database",
     }
     failed = [r for r in rows if r["status"] == "failed"]
     for r in failed[:20]:
@@ -192,17 +293,22 @@ def status_figure(meta: dict[str, Any], rows: list[dict[str, Any]]) -> go.Figure
 
 def sweep_sections(db_path: str | os.PathLike) -> list[tuple[str, go.Figure]]:
     """(title, figure) sections of a sweep database for the HTML report: the sweep's status,
-    then per facet the phase diagram and the accuracy-vs-gamma curves."""
+    then per facet the phase diagram, behaviour beside mechanism (when recorded), and the
+    accuracy-vs-gamma curves. Places with no finished cell yet show as pending."""
     meta, rows = results(db_path)
     facets = facet_axes(meta)
     cells = cell_table(meta, rows)
-    sections = [("Sweep", status_figure(meta, rows))]
-    if cells.empty:
+    sections = [("Sweep", status_figure(meta, rows, cells))]
+    if not rows:
         return sections
-    phase = phase_table(cells, facets)
+    phase = phase_table(cells, facets, progress_table(meta, rows))
     cell_groups = dict(facet_groups(cells, facets))
-    lr_note = f" over {cells['seed'].nunique()} seeds" + (", best of learning rates" if cells["lr"].nunique() > 1 else "")
+    seeds = len({r["seed"] for r in rows})
+    lr_note = f" over {seeds} seeds" + (", best of learning rates" if len({r["lr"] for r in rows}) > 1 else "")
     for suffix, group in facet_groups(phase, facets):
+        group_cells = cell_groups.get(suffix, cells.iloc[:0])
         sections.append((f"Phase diagram{suffix}", phase_diagram_figure(group, f"Phase diagram{suffix}: means{lr_note}")))
-        sections.append((f"Accuracy vs gamma{suffix}", accuracy_curves_figure(group, cell_groups[suffix], f"Accuracy vs γ{suffix}")))
+        if cells["route"].notna().any():
+            sections.append((f"Behaviour and mechanism{suffix}", mechanism_figure(group, group_cells, f"Behaviour and mechanism{suffix}")))
+        sections.append((f"Accuracy vs gamma{suffix}", accuracy_curves_figure(group, group_cells, f"Accuracy vs γ{suffix}")))
     return sections

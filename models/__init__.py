@@ -2,7 +2,7 @@
 
 from models.hooked import CheckpointError, build, card, load
 from models.task import AnchorBatch, AnchorTask
-from models.sweep import SweepSpec, run_sweep
+from models.sweep import SweepSpec
 from models.train import TrainConfig, train, train_to_folder
 
-__all__ = ["AnchorBatch", "AnchorTask", "CheckpointError", "SweepSpec", "TrainConfig", "build", "card", "load", "run_sweep", "train", "train_to_folder"]
+__all__ = ["AnchorBatch", "AnchorTask", "CheckpointError", "SweepSpec", "TrainConfig", "build", "card", "load", "train", "train_to_folder"]

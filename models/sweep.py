@@ -1,55 +1,44 @@
-"""Phase-diagram sweeps: many training runs over a grid of settings, on a local process
-pool or a Ray cluster, with every result in one SQLite file and resume after any
-interruption.
+"""A sweep's spec and its results store: the grid of training runs a phase diagram is made
+of, and the SQLite file that holds every cell and what it learned.
 
 A cell is one `TrainConfig`; the grid is a product of axes, each any TrainConfig field
 (gamma, n_layers, seed, lr, weight_decay, dataset_size, ...) or any HookedTransformerConfig
-field (d_model, d_head, ..., which go to `TrainConfig.arch`). Each cell trains with
-`models.train.train` and records `probes.classify(...).to_dict()` plus its metadata.
+field (d_model, d_head, ..., which go to `TrainConfig.arch`).
 
     spec = SweepSpec.from_toml("models/sweeps/default.toml")      # or SweepSpec.parse(grid=[...])
-    run_sweep(spec, "sweeps/default.db")                           # local pool
-    run_sweep(None, "sweeps/default.db", resume=True, executor="ray", address="auto")
+    meta, rows = results("models/sweeps/default.db")               # read a database
+    check_database("models/sweeps/default.db", spec)               # does it hold exactly this grid?
 
-The database is the sweep's only state: cells are written before anything runs, each
-finished cell is committed in its own transaction, and a cell left 'running' by a killed
-sweep is simply run again on resume.
+Running a sweep trains, classifies and probes models, so it lives above models, probes and
+interp: `interp.sweep.run_sweep`. The database is the sweep's only state: cells are written
+before anything runs, each finished cell is committed in its own transaction, and a cell
+left 'running' by a killed sweep is simply run again on resume.
 """
 
 from __future__ import annotations
 
 import ast
-import concurrent.futures as cf
 import dataclasses
 import difflib
 import hashlib
 import itertools
 import json
 import os
-import platform
-import re
-import signal
 import socket
 import sqlite3
-import threading
 import time
 import tomllib
-import traceback
-from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
-
-from tqdm.auto import tqdm
+from typing import Any
 
 from models import hooked
-from models.train import TrainConfig, _hooked_config_fields, _version, train, train_command, train_to_folder
+from models.train import TrainConfig, _hooked_config_fields
 
 SPECS = Path(__file__).parent / "sweeps"  # shipped specs: `--spec default` is SPECS/default.toml
 ALIASES = {"layers": "n_layers", "depth": "n_layers", "seeds": "seed"}
 TRAIN_FIELDS = tuple(f.name for f in dataclasses.fields(TrainConfig) if f.name not in ("arch", "task"))
 TASK_SET = ("n_layers", "d_vocab", "n_ctx", "seed")  # HookedTransformerConfig fields that are not free axes
-RAY_INSTALL = "the Ray executor needs Ray: pip install 'anchor-interp[ray]' (or pip install 'ray>=2.40')"
 
 
 # ---- the spec ---------------------------------------------------------------------------
@@ -303,36 +292,40 @@ class SweepStore:
     @classmethod
     def create(cls, path: str | os.PathLike, spec: SweepSpec, cells: list[Cell], command: str = "") -> "SweepStore":
         """A new database holding the spec and every cell as 'pending'. Built under a temporary
-        name and renamed, so a half-created database never exists."""
+        name and linked into place, so a half-created database never exists, and of two sweeps
+        creating the same file at once one is refused (a rename would replace the other's)."""
         path = Path(path)
+        exists = f"{path} already exists: pass --resume to continue that sweep, or choose another --db"
         if path.exists():
-            raise FileExistsError(f"{path} already exists: pass --resume to continue that sweep, or choose another --db")
+            raise FileExistsError(exists)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         tmp.unlink(missing_ok=True)
-        db = sqlite3.connect(tmp)
         try:
-            with db:
-                db.executescript(SCHEMA)
-                meta = {
-                    "kind": "anchor-interp sweep",
-                    "schema": SCHEMA_VERSION,
-                    "spec": spec.to_dict(),
-                    "fingerprint": fingerprint(cells),
-                    "created": _now(),
-                    "command": command,
-                }
-                db.executemany("INSERT INTO meta VALUES (?, ?)", [(k, json.dumps(v)) for k, v in meta.items()])
-                db.executemany(
-                    "INSERT INTO cells (id, params, config) VALUES (?, ?, ?)",
-                    [(c.id, json.dumps(c.params, default=_json_value), config_json(c.config)) for c in cells],
-                )
-            db.close()
-            os.replace(tmp, path)
-        except BaseException:
-            db.close()
+            db = sqlite3.connect(tmp)
+            try:
+                with db:
+                    db.executescript(SCHEMA)
+                    meta = {
+                        "kind": "anchor-interp sweep",
+                        "schema": SCHEMA_VERSION,
+                        "spec": spec.to_dict(),
+                        "fingerprint": fingerprint(cells),
+                        "created": _now(),
+                        "command": command,
+                    }
+                    db.executemany("INSERT INTO meta VALUES (?, ?)", [(k, json.dumps(v)) for k, v in meta.items()])
+                    db.executemany(
+                        "INSERT INTO cells (id, params, config) VALUES (?, ?, ?)",
+                        [(c.id, json.dumps(c.params, default=_json_value), config_json(c.config)) for c in cells],
+                    )
+            finally:
+                db.close()
+            os.link(tmp, path)
+        except FileExistsError:
+            raise FileExistsError(exists) from None
+        finally:
             tmp.unlink(missing_ok=True)
-            raise
         return cls(path)
 
     def close(self) -> None:
@@ -348,6 +341,23 @@ class SweepStore:
             return [Cell(r["id"], json.loads(r["params"]), config_from_json(r["config"])) for r in rows]
         except (TypeError, KeyError, ValueError) as err:
             raise ValueError(f"{self.path}: its cells cannot be rebuilt by this version of TrainConfig ({err})") from None
+
+    def difference(self, spec: SweepSpec) -> str:
+        """In words, how this database differs from `spec` ("" if it holds exactly its cells):
+        its recorded spec first, then the cells as stored, so a database whose cells were
+        made with other training defaults, or lost or gained cells, is told apart too."""
+        why = spec_difference(self.meta["spec"], spec.to_dict())
+        if why:
+            return why
+        stored, wanted = self.cells(), spec.cells()
+        if [c.id for c in stored] != [c.id for c in wanted]:
+            return f"it holds {len(stored)} cells, the spec has {len(wanted)}"
+        for old, new in zip(stored, wanted):
+            if old.params != json.loads(json.dumps(new.params, default=_json_value)):
+                return f"cell {old.id} is {old.params} in the database, {new.params} in the spec"
+            if config_json(old.config) != config_json(new.config):
+                return f"the grid is the same, but the training defaults changed since it started (cell {old.id}: {_recipe_difference(old.config, new.config)})"
+        return ""
 
     def counts(self) -> dict[str, int]:
         counts = dict.fromkeys(("pending", "running", "done", "failed"), 0)
@@ -391,11 +401,19 @@ class SweepStore:
             self.db.execute("UPDATE cells SET status='failed', error=?, finished=? WHERE id=?", (error, _now(), cell_id))
 
     def claim(self) -> None:
-        """Refuse a second live sweep on this file; a dead one's claim is taken over."""
-        runner = self.meta_value("runner")
-        if runner and runner["pid"] != os.getpid() and runner["host"] == socket.gethostname() and _alive(runner["pid"]):
-            raise ValueError(f"{self.path} is being run by process {runner['pid']} (since {runner['since']}); wait for it or stop it")
-        self.set_meta("runner", {"host": socket.gethostname(), "pid": os.getpid(), "since": _now()})
+        """Refuse a second live sweep on this file; a dead one's claim is taken over. Check
+        and set are one IMMEDIATE transaction (the write lock is taken before the check), so
+        of two sweeps claiming at the same instant exactly one wins."""
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            runner = self.meta_value("runner")
+            if runner and runner["pid"] != os.getpid() and runner["host"] == socket.gethostname() and process_alive(runner["pid"]):
+                raise ValueError(f"{self.path} is being run by process {runner['pid']} (since {runner['since']}); wait for it or stop it")
+            self.db.execute("INSERT OR REPLACE INTO meta VALUES ('runner', ?)", (json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "since": _now()}),))
+        except BaseException:
+            self.db.rollback()
+            raise
+        self.db.commit()
 
     def release(self) -> None:
         with self.db:
@@ -424,7 +442,7 @@ class SweepStore:
         return out
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -462,187 +480,6 @@ def results(db_path: str | os.PathLike) -> tuple[dict[str, Any], list[dict[str, 
         store.close()
 
 
-# ---- one cell ---------------------------------------------------------------------------
-def run_cell(cell: Cell, threads: int, checkpoint: str | None = None) -> dict[str, Any]:
-    """Train and classify one cell in this process (a pool or Ray worker); `checkpoint`:
-    also save the model there (hooked.save, via train_to_folder)."""
-    import torch
-
-    from probes.solution import card_metrics  # probes builds on models: import here, not at the top
-
-    torch.set_num_threads(threads)
-    start = time.perf_counter()
-    if checkpoint:
-        try:
-            command = train_command(cell.config, checkpoint, threads=threads)
-        except ValueError:  # task/betas overrides have no train flag
-            command = f"anchor-interp sweep cell {cell.id} {json.dumps(cell.params)}"
-        result, card = train_to_folder(cell.config, checkpoint, card_metrics, overwrite=True, progress=False, command=command)
-        metrics = card["metrics"]
-    else:
-        result = train(cell.config, progress=False)
-        metrics = card_metrics(result.model, cell.config.task)
-    return {
-        "metrics": metrics,
-        "steps": result.steps,
-        "stopped_early": result.stopped_early,
-        "train_seconds": result.wall_seconds,
-        "wall_seconds": time.perf_counter() - start,
-        "threads": torch.get_num_threads(),
-        "worker": f"{socket.gethostname()}:{os.getpid()}",
-        "versions": {"python": platform.python_version(), "torch": torch.__version__, "transformer_lens": _version("transformer_lens")},
-        "checkpoint": checkpoint,
-    }
-
-
-CellFn = Callable[[Cell, int, "str | None"], dict[str, Any]]
-
-
-# ---- executors --------------------------------------------------------------------------
-def available_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
-
-
-def _worker_init(sweep_pid: int) -> None:
-    # Ctrl-C goes to the whole process group: the sweep process handles it and stops the
-    # workers itself. And a worker must not outlive a killed sweep: its parent is the fork
-    # server, not the sweep, and a pool worker waits forever for its next cell, so a thread
-    # watches the sweep process and ends the worker when it is gone.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-    def watch() -> None:
-        while _alive(sweep_pid):
-            time.sleep(1.0)
-        os._exit(1)
-
-    threading.Thread(target=watch, name="sweep-watchdog", daemon=True).start()
-
-
-class LocalExecutor:
-    """`workers` single-process pools, one per slot: a worker that dies (killed, out of
-    memory) fails only its own cell, and only its slot restarts. Workers fork from a server
-    that imported torch and this package once, so a restart costs milliseconds."""
-
-    name = "local"
-
-    def __init__(self, workers: int, threads: int):
-        import multiprocessing
-
-        self.capacity, self.threads = workers, threads
-        self._context = multiprocessing.get_context("forkserver")
-        self._context.set_forkserver_preload(["models.sweep", "probes.solution"])
-        self._slots: list[cf.ProcessPoolExecutor | None] = [None] * workers
-        self._busy: dict[cf.Future, int] = {}
-
-    def submit(self, fn: CellFn, cell: Cell, checkpoint: str | None) -> cf.Future:
-        slot = next(i for i in range(self.capacity) if i not in self._busy.values())
-        if self._slots[slot] is None:
-            self._slots[slot] = cf.ProcessPoolExecutor(1, mp_context=self._context, initializer=_worker_init, initargs=(os.getpid(),))
-        future = self._slots[slot].submit(fn, cell, self.threads, checkpoint)
-        self._busy[future] = slot
-        return future
-
-    def finished(self, future: cf.Future) -> None:
-        slot = self._busy.pop(future)
-        if isinstance(future.exception(), cf.process.BrokenProcessPool):
-            self._slots[slot].shutdown(wait=False)
-            self._slots[slot] = None
-
-    @staticmethod
-    def worker_died(error: BaseException) -> bool:
-        return isinstance(error, cf.process.BrokenProcessPool)
-
-    def close(self, cancel: bool = False) -> None:
-        for pool in filter(None, self._slots):
-            if cancel and hasattr(pool, "terminate_workers"):  # Python >= 3.14
-                pool.terminate_workers()
-            elif cancel:  # stop running cells now (Ctrl-C); before 3.14 only the private process table can
-                for process in list((getattr(pool, "_processes", None) or {}).values()):
-                    process.kill()
-            pool.shutdown(wait=not cancel, cancel_futures=True)
-        self._slots = [None] * self.capacity
-
-
-class RayExecutor:
-    """Cells as Ray tasks of `threads` CPUs each, on a local instance or the cluster at
-    `address`. Every node needs this package and its dependencies installed."""
-
-    name = "ray"
-
-    def __init__(self, workers: int | None, threads: int, address: str | None):
-        ray = import_ray()
-        self.ray, self.threads = ray, threads
-        self._started = not ray.is_initialized()
-        if self._started:
-            import logging
-
-            ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
-        cpus = int(ray.cluster_resources().get("CPU", 1))
-        self.capacity = workers or max(1, cpus // threads)
-        # max_retries=0: a cell whose worker dies is recorded as failed, as with the local pool.
-        self._task = ray.remote(_ray_cell).options(num_cpus=threads, max_retries=0)
-        self._refs: dict[cf.Future, Any] = {}
-
-    def submit(self, fn: CellFn, cell: Cell, checkpoint: str | None) -> cf.Future:
-        ref = self._task.remote(fn, cell, self.threads, checkpoint)
-        future = ref.future()
-        self._refs[future] = ref
-        return future
-
-    def finished(self, future: cf.Future) -> None:
-        self._refs.pop(future, None)
-
-    def worker_died(self, error: BaseException) -> bool:
-        return isinstance(error, (self.ray.exceptions.WorkerCrashedError, self.ray.exceptions.NodeDiedError))
-
-    def close(self, cancel: bool = False) -> None:
-        if cancel:
-            for ref in self._refs.values():
-                self.ray.cancel(ref, force=True)
-        self._refs.clear()
-        if self._started:
-            self.ray.shutdown()
-
-
-def import_ray():
-    try:
-        import ray
-    except ImportError:
-        raise ValueError(RAY_INSTALL) from None
-    return ray
-
-
-def _ray_cell(fn: CellFn, cell: Cell, threads: int, checkpoint: str | None) -> dict[str, Any]:
-    return fn(cell, threads, checkpoint)
-
-
-def make_executor(kind: str, n_cells: int, workers: int | None = None, threads: int | None = None, address: str | None = None):
-    """The local pool sized to this machine (workers x threads = cores, no oversubscription)
-    or Ray (one CPU per cell by default)."""
-    if kind == "local":
-        cores = available_cores()
-        workers = workers or max(1, min(cores, n_cells))
-        return LocalExecutor(workers, threads or max(1, cores // workers))
-    if kind == "ray":
-        return RayExecutor(workers, threads or 1, address)
-    raise ValueError(f"unknown executor {kind!r}; choose local or ray")
-
-
-# ---- the sweep --------------------------------------------------------------------------
-@dataclass
-class SweepSummary:
-    path: Path
-    total: int
-    done: int
-    failed: int
-    ran: int  # cells run by this call
-    seconds: float
-    errors: dict[int, str]  # cell id -> last line of its error
-
-
 def open_sweep(spec: SweepSpec | None, db: str | os.PathLike, resume: bool = False, command: str = "") -> SweepStore:
     """A new sweep database for `spec`, or (resume) the existing one, refusing a database
     made from a different spec."""
@@ -652,128 +489,27 @@ def open_sweep(spec: SweepSpec | None, db: str | os.PathLike, resume: bool = Fal
             raise ValueError(f"no sweep database at {db} to resume, and no grid given to start one")
         return SweepStore.create(db, spec, spec.cells(), command)
     store = SweepStore(db)
-    if spec is not None:
-        old = store.meta["spec"]
-        why = spec_difference(old, spec.to_dict())
-        if not why and store.meta["fingerprint"] != fingerprint(spec.cells()):
-            stored = {c.id: c for c in store.cells()}
-            changed = next((c for c in spec.cells() if config_json(c.config) != config_json(stored[c.id].config)), None)
-            why = "the grid is the same, but the training defaults changed since it started" + (
-                f" (cell {changed.id}: {_recipe_difference(stored[changed.id].config, changed.config)})" if changed else ""
-            )
-        if why:
-            store.close()
-            raise ValueError(f"{db} holds a different sweep ({why}); resume it without grid flags to continue its own spec, or use another --db")
+    why = store.difference(spec) if spec is not None else ""
+    if why:
+        store.close()
+        raise ValueError(f"{db} holds a different sweep ({why}); resume it without grid flags to continue its own spec, or use another --db")
     return store
+
+
+def check_database(db: str | os.PathLike, spec: SweepSpec | str | os.PathLike) -> None:
+    """Refuse (ValueError, with the first difference) a database whose spec or cells are not
+    exactly `spec`'s (a SweepSpec, or a TOML file or shipped name): same grid, the same
+    cells in the same order, each with the same full training recipe and seed."""
+    spec = spec if isinstance(spec, SweepSpec) else SweepSpec.from_toml(spec)
+    store = SweepStore(db)
+    try:
+        why = store.difference(spec)
+    finally:
+        store.close()
+    if why:
+        raise ValueError(f"{db} does not hold the sweep {spec.describe()}: {why}")
 
 
 def _recipe_difference(old: TrainConfig, new: TrainConfig) -> str:
     a, b = old.recipe(), new.recipe()
     return ", ".join(f"{k} {a.get(k)} -> {b.get(k)}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k))
-
-
-def run_sweep(
-    spec: SweepSpec | None,
-    db: str | os.PathLike,
-    resume: bool = False,
-    executor: str = "local",
-    workers: int | None = None,
-    threads: int | None = None,
-    address: str | None = None,
-    keep_checkpoints: bool = False,
-    retry_failed: bool = True,
-    progress: bool = True,
-    command: str = "",
-    cell_fn: CellFn = run_cell,
-) -> SweepSummary:
-    """Run every unfinished cell of the sweep in `db` (created from `spec` unless resuming),
-    committing each result as it arrives. A failed cell records its error and the sweep goes
-    on. On Ctrl-C the running cells go back to 'pending' and KeyboardInterrupt propagates.
-
-    `cell_fn` is what a worker runs per cell (default: train + classify); it must be
-    importable by the workers. Checkpoints, when kept, go to <db>.checkpoints/cell-<id>."""
-    if executor not in ("local", "ray"):
-        raise ValueError(f"unknown executor {executor!r}; choose local or ray")
-    if address and executor != "ray":
-        raise ValueError("--address is for --executor ray")
-    if workers is not None and workers < 1 or threads is not None and threads < 1:
-        raise ValueError(f"workers and threads must be >= 1, got workers={workers} threads={threads}")
-    if executor == "ray":
-        import_ray()  # before creating anything
-    store = open_sweep(spec, db, resume, command)
-    start = time.perf_counter()
-    try:
-        store.claim()
-    except BaseException:
-        store.close()
-        raise
-    try:
-        cells = {c.id: c for c in store.cells()}
-        todo = deque(store.todo(retry_failed))
-        counts = store.counts()
-        summary = SweepSummary(store.path, len(cells), counts["done"], 0 if retry_failed else counts["failed"], 0, 0.0, {})
-        if todo:
-            ckpt_dir = store.path.with_name(store.path.stem + ".checkpoints") if keep_checkpoints else None
-            pool = make_executor(executor, len(todo), workers, threads, address)
-            try:
-                _schedule(store, pool, cells, todo, cell_fn, ckpt_dir, summary, progress)
-            except BaseException:
-                pool.close(cancel=True)
-                raise
-            pool.close()
-        summary.seconds = time.perf_counter() - start
-        return summary
-    finally:
-        store.mark_pending(store.todo(retry_failed=False))  # cells a Ctrl-C or crash left 'running'
-        store.release()
-        store.close()
-
-
-def _schedule(store: SweepStore, pool, cells: dict[int, Cell], todo: deque, cell_fn: CellFn, ckpt_dir: Path | None, summary: SweepSummary, progress: bool) -> None:
-    """Keep the executor full (`capacity` cells in flight, so 'running' in the database is
-    true), record each result as it arrives, and show one progress bar."""
-    in_flight: dict[cf.Future, int] = {}
-    bar = tqdm(total=summary.total, initial=summary.done, unit="cell", desc=f"sweep ({pool.name})", disable=not progress, dynamic_ncols=True)
-    interactive = progress and getattr(bar.fp, "isatty", lambda: False)()
-    shown = ""
-    try:
-        while todo or in_flight:
-            while todo and len(in_flight) < pool.capacity:
-                cell_id = todo.popleft()
-                store.mark_running(cell_id)
-                checkpoint = str(ckpt_dir / f"cell-{cell_id}") if ckpt_dir else None
-                in_flight[pool.submit(cell_fn, cells[cell_id], checkpoint)] = cell_id
-            if shown != (postfix := f"running={len(in_flight)}, failed={summary.failed}"):
-                bar.set_postfix_str(shown := postfix)
-            elif interactive:  # tick the clock; a log file gets a line per change only
-                bar.refresh()
-            finished, _ = cf.wait(in_flight, timeout=1.0, return_when=cf.FIRST_COMPLETED)
-            for future in finished:
-                cell_id = in_flight.pop(future)
-                pool.finished(future)
-                error = future.exception()
-                if error is None:
-                    store.record_done(cell_id, future.result())
-                    summary.done += 1
-                else:
-                    text = describe_error(error, pool.worker_died(error))
-                    store.record_failed(cell_id, text)
-                    summary.failed += 1
-                    summary.errors[cell_id] = text.strip().splitlines()[-1]
-                    bar.write(f"cell {cell_id} {cells[cell_id].params} failed: {summary.errors[cell_id]}")
-                summary.ran += 1
-                bar.update(1)
-        bar.set_postfix_str(f"running=0, failed={summary.failed}")
-    finally:
-        bar.close()
-
-
-ANSI = re.compile(r"\x1b\[[0-9;]*m")
-
-
-def describe_error(error: BaseException, worker_died: bool) -> str:
-    if worker_died:
-        return f"the worker process died while running this cell (killed, or out of memory): {error}"
-    text = "".join(traceback.format_exception(error))
-    return ANSI.sub("", text)[-8000:]
-

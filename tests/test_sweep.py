@@ -16,8 +16,9 @@ import pytest
 import torch
 
 from interp import cli
-from interp.sweep_report import cell_table, phase_table, sweep_sections
-from models.sweep import Cell, SweepSpec, SweepStore, results, run_cell, run_sweep
+from interp.sweep_report import cell_table, phase_table, progress_table, sweep_sections
+from interp.sweep import mechanism, run_cell, run_sweep
+from models.sweep import Cell, SweepSpec, SweepStore, check_database, results
 
 REPO = Path(__file__).resolve().parents[1]
 # Tiny cells: a 16-wide model, a few steps, one evaluation.
@@ -70,7 +71,58 @@ def test_the_shipped_default_grid():
     assert spec.fixed == {"lr": 3e-4, "weight_decay": 0.1, "decay_norms": True, "max_steps": 1500}
 
 
+def test_the_phase_and_lr_wd_grids_on_the_shipped_recipe():
+    from models.sweep import config_json
+    from models.train import TrainConfig
+
+    phase = SweepSpec.from_toml("phase")
+    assert list(phase.grid) == ["seed", "n_layers", "gamma"]  # seeds outermost: a partial run holds whole diagrams
+    assert len(phase.grid["seed"]) == 5 and phase.grid["n_layers"] == (2, 3, 4)
+    assert phase.grid["gamma"] == pytest.approx([0.1 * i for i in range(1, 11)])
+    assert phase.fixed == {}  # the recipe is TrainConfig's defaults
+    cells = phase.cells()
+    assert len(cells) == 150 and config_json(cells[-1].config) == config_json(TrainConfig(seed=14, n_layers=4, gamma=1.0))
+
+    lr_wd = SweepSpec.from_toml("lr_wd")
+    assert list(lr_wd.grid)[0] == "seed" and len(lr_wd.grid["seed"]) == 2 and lr_wd.fixed == {"n_layers": 3}
+    assert lr_wd.grid["gamma"] == (0.3, 0.8)  # one on each side of the boundary
+    assert lr_wd.grid["lr"] == (3e-4, 1e-3, 3e-3) and lr_wd.grid["weight_decay"] == (0.3, 1.0, 1.5, 3.0)
+    assert len(lr_wd.cells()) == 48
+
+
 SHIPPED_DB = Path(__file__).parents[1] / "models" / "sweeps" / "default.db"
+
+
+@pytest.mark.parametrize("db", sorted(SHIPPED_DB.parent.glob("*.db")), ids=lambda p: p.name)
+def test_every_shipped_database_holds_exactly_its_spec(db):
+    """Each models/sweeps/NAME.db holds the cells of NAME.toml, each with its full recipe."""
+    check_database(db, db.with_suffix(".toml"))
+
+
+def test_a_database_that_is_not_its_spec_is_refused_with_the_difference(tmp_path):
+    import shutil
+
+    other = SweepSpec.parse(["seed=0,1,2", "n_layers=2,3", "gamma=0.2,0.3"], ["lr=3e-4", "weight_decay=0.1", "decay_norms=True", "max_steps=1500"])
+    with pytest.raises(ValueError, match=r"does not hold the sweep 12 cells: .*grid gamma: \[0.2, 0.3, 0.4"):
+        check_database(SHIPPED_DB, other)
+    db = tmp_path / "copy.db"
+    shutil.copy(SHIPPED_DB, db)
+    con = sqlite3.connect(db)
+    with con:  # one cell trained with another lr
+        config = json.loads(con.execute("SELECT config FROM cells WHERE id=5").fetchone()[0])
+        config["recipe"]["lr"] = 1e-3
+        con.execute("UPDATE cells SET config=? WHERE id=5", (json.dumps(config),))
+    con.close()
+    with pytest.raises(ValueError, match=r"cell 5: lr 0.001 -> 0.0003"):
+        check_database(db, "default")
+    con = sqlite3.connect(db)
+    with con:
+        con.execute("DELETE FROM cells WHERE id=41")
+    con.close()
+    with pytest.raises(ValueError, match="it holds 41 cells, the spec has 42"):
+        check_database(db, "default")
+
+
 
 
 def test_the_shipped_phase_diagram_is_the_default_sweep_and_shows_the_papers_result():
@@ -80,7 +132,9 @@ def test_the_shipped_phase_diagram_is_the_default_sweep_and_shows_the_papers_res
     meta, rows = results(SHIPPED_DB)
     assert SweepSpec.from_dict(meta["spec"]) == SweepSpec.from_toml("default")
     assert {r["status"] for r in rows} == {"done"} and len(rows) == len(SweepSpec.from_toml("default").cells())
-    phase = phase_table(cell_table(meta, rows), []).query("n_layers == 2").sort_values("gamma")
+    cells = cell_table(meta, rows)
+    assert cells["route"].isna().all() and cells["composition_score"].isna().all()  # made before mechanism recording: None
+    phase = phase_table(cells, []).query("n_layers == 2").sort_values("gamma")
     fitted = phase[phase["seen_test_keys"] >= 0.9]
     smallest, largest = fitted.iloc[0], fitted.iloc[-1]
     assert smallest["gamma"] < largest["gamma"]
@@ -135,7 +189,12 @@ def test_local_sweep_runs_every_cell_once_in_workers_and_resume_does_nothing(tmp
     metrics = json.loads(got[3]["metrics"])
     assert metrics["label"] == got[3]["label"] and 0 <= metrics["seen_test_keys"] <= 1 and len(metrics["inferential_by_position"]) == 7
     assert got[3]["steps"] == 8 and Path(got[3]["checkpoint"]) == tmp_path / "s.checkpoints" / "cell-3"
-    assert probes.classify(models.load(got[3]["checkpoint"])).to_dict() == metrics  # the kept model is the one measured
+    kept = models.load(got[3]["checkpoint"])  # the kept model is the one measured, behaviour and mechanism
+    assert {**probes.classify(kept).to_dict(), **mechanism(kept)} == metrics
+    assert metrics["route"] in ("inferential", "symmetric", "mixed", "other") and len(metrics["route_by_position"]) == 7
+    assert metrics["route_by_position"][6] is None  # the second anchor is the last token there: no route
+    assert metrics["wq_neurons"] == 8 and 1 <= metrics["wq_groups"] <= 8 and metrics["mean_stable_rank"] >= 1
+    assert set(metrics) >= {"composition_site", "composition_score"}
 
     # The same cell run here, on one thread, gives the same result: workers change nothing.
     threads = torch.get_num_threads()
@@ -273,6 +332,26 @@ def test_cli_refuses_bad_input_in_one_line(tmp_path, capsys, monkeypatch):
     assert not (tmp_path / "r.db").exists()  # refused before anything was written
 
 
+def test_a_sweep_whose_cells_fail_exits_non_zero_in_one_line(tmp_path, capsys):
+    db = tmp_path / "f.db"
+    (tmp_path / "f.checkpoints").write_text("a file where the checkpoints folder goes: every cell fails to save")
+    code = cli.main(["sweep", "--db", str(db), "--grid", "gamma=0.5,0.8", *[a for s in TINY for a in ("--set", s)],
+                     "--keep-checkpoints", "--workers", "2", "--threads", "1", "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 1, err
+    assert err.count("\n") == 1 and err.startswith("anchor-interp sweep: error: 2 of 2 cells failed (first: cell 0: "), err
+    assert f"retry them with: anchor-interp sweep --db {db} --resume" in err
+    assert {r["status"] for r in rows(db).values()} == {"failed"}
+
+
+def test_dry_run_of_a_new_database_describes_the_default_spec(tmp_path, capsys):
+    db = tmp_path / "new.db"
+    assert cli.main(["sweep", "--db", str(db), "--dry-run"]) == 0  # --spec defaults to the shipped default.toml
+    assert capsys.readouterr().out.startswith("42 cells: seed [0, 1, 2] x n_layers [2, 3]") and not db.exists()
+    assert cli.main(["sweep", "--db", str(db), "--dry-run", "--set", "max_steps=1000"]) == 0  # --set over the default
+    assert "fixed decay_norms=True, lr=0.0003, max_steps=1000" in capsys.readouterr().out and not db.exists()
+
+
 def cli_error(capsys, *argv: str) -> str:
     assert cli.main(["sweep", *argv]) == 2
     return capsys.readouterr().err
@@ -302,10 +381,10 @@ def test_a_second_live_sweep_on_the_same_database_is_refused(tmp_path):
 
 
 # ---- figures ----------------------------------------------------------------------------
-def fake_outcome(seen: float, inferential: float, symmetric: float) -> dict:
+def fake_outcome(seen: float, inferential: float, symmetric: float, **mechanism) -> dict:
     from probes.solution import label_of
 
-    metrics = dict(label=label_of(seen, inferential, symmetric), seen_test_keys=seen, inferential_test_keys=inferential, symmetric_test_keys=symmetric)
+    metrics = dict(label=label_of(seen, inferential, symmetric), seen_test_keys=seen, inferential_test_keys=inferential, symmetric_test_keys=symmetric, **mechanism)
     return dict(metrics=metrics, steps=1, stopped_early=False, train_seconds=1.0, wall_seconds=2.0, threads=1, worker="h:1", versions={}, checkpoint=None)
 
 
@@ -346,13 +425,16 @@ def test_phase_diagram_from_a_small_database(tmp_path):
     assert titles == ["Sweep", "Phase diagram", "Accuracy vs gamma"]
     status = sections[0][1].data[0].cells.values
     assert "19 done, 1 failed, 0 running, 4 pending of 24" in status[1] and any("out of memory" in v for v in status[1])
+    assert "not recorded in this database" in status[1]  # no route in these outcomes: no mechanism section
     diagram = sections[1][1]
     heatmaps = [t for t in diagram.data if t.type == "heatmap"]
     sym, sym_unfit, inf, inf_unfit, label = heatmaps
     assert list(sym.x) == ["0.3", "0.5", "0.8"] and list(sym.y) == ["2", "3"]
     assert sym.z[1][1] == pytest.approx(0.85) and inf.z[0][2] == pytest.approx(0.8)
     assert sym_unfit.z[0][0] == 1 and sym_unfit.z[0][1] != sym_unfit.z[0][1]  # shaded where unfit only (NaN elsewhere)
-    assert list(label.text[0]) == ["unfit", "sym", "inf"] and label.text[1][2] == ""
+    # cell 0 (gamma 0.3, depth 2) failed, so that place is not finished: '*'; (0.8, 3) never ran
+    assert list(label.text[0]) == ["unfit*", "sym", "inf"] and label.text[1][2] == "pending"
+    assert "pending (4 cells, none finished)" in label.customdata[1][2]
     assert "σ 0.29" in diagram.layout.xaxis.ticktext[0]  # 64^-0.3
     curves = sections[2][1]
     seed_dots = [t for t in curves.data if t.mode == "markers" and t.name.startswith("(4,3) inferential")]
@@ -370,3 +452,94 @@ def test_other_swept_axes_get_their_own_diagram(tmp_path):
     titles = [t for t, _ in sweep_sections(db)]
     assert titles == ["Sweep", "Phase diagram (weight_decay=0.0)", "Accuracy vs gamma (weight_decay=0.0)",
                       "Phase diagram (weight_decay=0.1)", "Accuracy vs gamma (weight_decay=0.1)"]
+
+
+def _claim_at(db: Path, start_at: float, hold: float, outcome) -> None:
+    """One contender of the race: open the store, wait for the common start, claim."""
+    store = SweepStore(db)
+    try:
+        while time.time() < start_at:  # spin, not sleep: every contender is on a core at the start
+            pass
+        store.claim()
+        outcome.put("won")
+        time.sleep(hold)  # stay alive: a dead winner's claim may rightly be taken over
+    except ValueError as err:
+        outcome.put(f"lost: {err}")
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize("contenders", [2, 4])
+def test_processes_claiming_at_once_exactly_one_wins(tmp_path, contenders):
+    import multiprocessing
+
+    db = tmp_path / "race.db"
+    spec = tiny_spec("gamma=0.5")
+    SweepStore.create(db, spec, spec.cells()).close()
+    context = multiprocessing.get_context("fork")  # the contenders touch only sqlite
+    for trial in range(10):
+        outcome = context.Queue()
+        start_at = time.time() + 0.2
+        procs = [context.Process(target=_claim_at, args=(db, start_at, 0.3, outcome)) for _ in range(contenders)]
+        for p in procs:
+            p.start()
+        got = sorted(outcome.get(timeout=30) for _ in procs)
+        for p in procs:
+            p.join(timeout=30)
+        assert got[-1] == "won" and all(g.startswith("lost: ") and "is being run by process" in g for g in got[:-1]), (trial, got)
+        store = SweepStore(db)
+        store.release()
+        store.close()
+
+
+def test_behaviour_and_mechanism_side_by_side_with_their_agreement(tmp_path):
+    """gamma 0.8: three clean inferential seeds, one of them routed symmetric; gamma 0.3:
+    clean symmetric seeds routed symmetric, one seed pending; depth 3 never ran."""
+    db = tmp_path / "mech.db"
+    spec = SweepSpec.parse(["seed=0,1,2", "n_layers=2,3", "gamma=0.3,0.8"], ["d_model=64", "d_head=32"])
+    store = SweepStore.create(db, spec, spec.cells())
+    for cell in spec.cells():
+        p = cell.params
+        if p["n_layers"] == 3 or (p["gamma"] == 0.3 and p["seed"] == 2):
+            continue
+        if p["gamma"] == 0.8:
+            outcome = fake_outcome(1.0, 0.97, 0.0, route="symmetric" if p["seed"] == 2 else "inferential", composition_score=0.9)
+        else:
+            outcome = fake_outcome(1.0, 0.0, 1.0, route="symmetric", composition_score=0.01)
+        store.record_done(cell.id, outcome)
+    store.close()
+
+    meta, all_rows = results(db)
+    cells = cell_table(meta, all_rows)
+    assert cells["judged"].sum() == 5 and cells["agrees"].sum() == 4
+    phase = phase_table(cells, [], progress_table(meta, all_rows)).set_index(["gamma", "n_layers"])
+    assert phase.loc[(0.8, 2), "route"] == "inferential" and phase.loc[(0.8, 2), "routes"] == "inferential 2, symmetric 1"
+    assert (phase.loc[(0.8, 2), "n_agree"], phase.loc[(0.8, 2), "n_clean"]) == (2, 3)
+    assert (phase.loc[(0.3, 2), "n_done"], phase.loc[(0.3, 2), "n_cells"]) == (2, 3)
+    assert phase.loc[(0.3, 3), "n_done"] == 0 and phase.loc[(0.3, 3), "label"] != phase.loc[(0.3, 3), "label"]  # pending: NaN
+
+    titles = [t for t, _ in sweep_sections(db)]
+    assert titles == ["Sweep", "Phase diagram", "Behaviour and mechanism", "Accuracy vs gamma"]
+    figure = dict(sweep_sections(db))["Behaviour and mechanism"]
+    behaviour, route, share = figure.data
+    assert "route = behavioural label in 4 of 5 clean runs (80%)" in figure.layout.title.text
+    assert [list(r) for r in behaviour.text] == [["sym*", "inf"], ["pending", "pending"]]
+    assert [list(r) for r in route.text] == [["sym*", "inf"], ["pending", "pending"]]
+    assert list(share.text[0]) == ["2/2", "2/3"] and share.z[0][1] == pytest.approx(2 / 3)
+    assert all((f.layout.width or 0) <= 1200 for _, f in sweep_sections(db))  # fits a 1280 px window (a table fills its column)
+
+
+def test_report_on_a_sweep_with_a_d_model_axis(tmp_path, capsys):
+    """d_model swept is a facet AND the column every row resolves: once only."""
+    db = tmp_path / "width.db"
+    spec = SweepSpec.parse(["d_model=32,64", "gamma=0.5,0.8"], ["d_head=16"])
+    store = SweepStore.create(db, spec, spec.cells())
+    for cell in spec.cells()[:3]:  # the last cell pending
+        store.record_done(cell.id, fake_outcome(1.0, 0.9, 0.0, route="inferential"))
+    store.close()
+    titles = [t for t, _ in sweep_sections(db)]
+    assert titles == ["Sweep", *(f"{t} (d_model={d})" for d in (32, 64) for t in ("Phase diagram", "Behaviour and mechanism", "Accuracy vs gamma"))]
+    phase = phase_table(cell_table(*results(db)), ["d_model"], progress_table(*results(db)))
+    assert phase["init_std"].tolist() == pytest.approx([32 ** -0.5, 32 ** -0.8, 64 ** -0.5, 64 ** -0.8])
+    out = tmp_path / "width.html"
+    assert cli.main(["report", str(db), "--no-models", "--out", str(out), "--quiet"]) == 0 and out.is_file()
