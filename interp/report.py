@@ -26,7 +26,7 @@ from interp.flow import Flow, FlowBatch, Route, flow_prompts, trace_flow, trace_
 from interp.sweep_report import sweep_sections
 from interp.vectors import AnchorVectors, anchor_grid, anchor_vectors
 from models import hooked
-from models.files import write_text_atomic
+from models.files import output_file, write_text_atomic
 from models.task import AnchorTask
 from probes.report import report_sections
 from probes.solution import Classification, classify
@@ -254,7 +254,8 @@ def build_report(targets: Sequence[str] = (), out: str | os.PathLike = "report.h
         if not dbs:
             raise ValueError("--no-models leaves nothing to report: give a sweep database (a .db file)")
         names = []
-    for name in names:  # fail fast on a bad argument, before minutes of work
+    output_file(out)  # fail fast on a bad argument, before minutes of work
+    for name in names:
         hooked.resolve(name)
     for db in dbs:
         if not Path(db).is_file():
