@@ -165,3 +165,21 @@ def test_circuitsvis_page_renders_offline(checkpoints, tmp_path):
     dom = render_in_chromium(page, tmp_path / "profile")
     assert dom.count("<canvas") >= flow.n_layers * flow.n_heads  # one thumbnail per head (+ the zoomed one)
     assert "L1H0" in dom
+
+
+@pytest.mark.parametrize("command", ["report", "probe"])
+@pytest.mark.parametrize("where, message", [("dir", "is a folder"), ("file/sub/r.html", "is a file, not a folder"), ("/dev/full", "is not a regular file")])
+def test_a_bad_out_is_refused_before_any_work(command, where, message, checkpoints, tmp_path, monkeypatch):
+    import probes.report
+
+    if where == "/dev/full" and not Path(where).exists():
+        pytest.skip("no /dev/full")
+    (tmp_path / "dir").mkdir()
+    (tmp_path / "file").write_text("")
+    out = where if where.startswith("/") else str(tmp_path / where)
+    monkeypatch.setattr(report, "analyze", lambda *a, **k: pytest.fail("analysed before refusing"))
+    monkeypatch.setattr(probes.report, "run_probe", lambda *a, **k: pytest.fail("probed before refusing"))
+    argv = ["report", checkpoints[0]] if command == "report" else ["probe", "order", checkpoints[0]]
+    code, _, stderr = run_cli(*argv, "--out", out, "--quiet")
+    assert code == 2 and message in stderr and len(stderr.strip().splitlines()) == 1
+    assert (tmp_path / "dir").is_dir() and (tmp_path / "file").read_text() == ""
