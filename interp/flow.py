@@ -140,7 +140,12 @@ def _read(model: HookedTransformer, tokens: Int[Tensor, "batch pos"]) -> tuple[T
 
 
 def _prompts_of(prompts: Sequence[PromptLike] | Tensor | AnchorBatch, task: AnchorTask) -> AnchorBatch:
-    return prompts if isinstance(prompts, AnchorBatch) else task.prompts(prompts)
+    """Validated prompts: an AnchorBatch is checked like any token tensor (vocabulary, one
+    key and anchor pair per prompt), so a token -1 is refused, not read as the last id."""
+    if isinstance(prompts, AnchorBatch):
+        task.prompts(prompts.tokens)
+        return prompts
+    return task.prompts(prompts)
 
 
 def flow_prompts(task: AnchorTask, n: int, seed: int = 0) -> AnchorBatch:
@@ -159,8 +164,12 @@ def trace_flows(model: HookedTransformer, prompts: Sequence[PromptLike] | Tensor
 
 
 def trace_flow(model: HookedTransformer, prompt: PromptLike, task: AnchorTask = AnchorTask()) -> Flow:
-    """Flow for one prompt: "23 1 2 43 46 74 54 44 72", a list of ints or a token tensor."""
-    return trace_flows(model, task.prompt(prompt), task)[0]
+    """Flow for one prompt: "23 1 2 43 46 74 54 44 72", a list of ints or a token tensor
+    ([pos], or [1, pos]); several prompts go to `trace_flows`."""
+    batch = task.prompt(prompt)
+    if len(batch) != 1:
+        raise ValueError(f"trace_flow takes one prompt, got {len(batch)} (a tensor of shape {tuple(batch.tokens.shape)}); use trace_flows for many")
+    return trace_flows(model, batch, task)[0]
 
 
 # ---- results ------------------------------------------------------------------------------
