@@ -308,9 +308,15 @@ class FlowBatch:
         return route_of(self.role_flow(kind, keep), self.uniform_role_flow(keep), threshold, n_prompts=int(keep.sum()))
 
     def routes_by_key_position(self, threshold: float = ROUTE_THRESHOLD, kind: FlowKind = "value") -> dict[int, Route]:
-        """The route for each key position on its own (mixed models differ by position)."""
+        """The route for each key position on its own (mixed models differ by position).
+        Key positions whose second anchor is the last position are left out, as in `route`:
+        the rule is ill-defined there (module docstring); `unrouted_key_positions` lists them."""
         key_pos = self.prompts.key_pos
-        return {p: self.route(threshold, kind, keep=key_pos == p) for p in sorted(set(key_pos.tolist()))}
+        return {p: self.route(threshold, kind, keep=key_pos == p) for p in sorted(set(key_pos[self.anchors_before_last()].tolist()))}
+
+    def unrouted_key_positions(self) -> list[int]:
+        """Key positions present whose second anchor is the last position: no route is named."""
+        return sorted(set(self.prompts.key_pos[~self.anchors_before_last()].tolist()))
 
 
 # ---- the route rule ------------------------------------------------------------------------

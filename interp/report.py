@@ -13,7 +13,7 @@ import html
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence, Union
+from typing import Callable, Sequence, Union
 
 import plotly.graph_objects as go
 import plotly.io as pio
@@ -28,7 +28,7 @@ from interp.vectors import AnchorVectors, anchor_grid, anchor_vectors
 from models import hooked
 from models.files import output_file, write_text_atomic
 from models.task import AnchorTask
-from probes.report import report_sections
+from probes.report import REPORT_PROBES, report_sections
 from probes.solution import Classification, classify
 
 SHIPPED = ("inferential", "symmetric")
@@ -70,7 +70,8 @@ class ModelAnalysis:
             "(4,3) inferential by key position": " ".join(f"{a:.2f}" for a in c.inferential_by_position),
             "(4,3) symmetric by key position": " ".join(f"{a:.2f}" for a in c.symmetric_by_position),
             "route (value-weighted flow)": self.route.name,
-            "route by key position": " ".join(f"{p}:{r.name[:3]}" for p, r in self.routes_by_position.items()),
+            "route by key position": " ".join([f"{p}:{r.name[:3]}" for p, r in self.routes_by_position.items()]
+                                              + [f"{p}:n/a" for p in self.flows.unrouted_key_positions()]),
             "same-target parallel score, last layer": f"{scores[last]['parallel_score']:.2f}",
             "(4,3) vector, last layer: cos with x-10 / x-6 targets":
                 f"{scores[last]['held_out_vs_inferential_targets']:.2f} / {scores[last]['held_out_vs_symmetric_targets']:.2f}",
@@ -87,23 +88,38 @@ def example_prompt(task: AnchorTask) -> torch.Tensor:
     return anchor_grid(task, key_pos=min(EXAMPLE_KEY_POS, task.n_key_positions - 1), pairs=[task.held_out_pair], keys=[key]).tokens[0]
 
 
-def analyze(name: str, n_flow_prompts: int = N_FLOW_PROMPTS, probes: bool = True) -> ModelAnalysis:
-    """Load a shipped model or checkpoint folder and measure everything the report shows."""
+ANALYSIS_STEPS = ("flow", "classification", "anchor vectors", "weight complexity")
+
+
+def analyze(name: str, n_flow_prompts: int = N_FLOW_PROMPTS, probes: bool = True, step: Callable[[str], None] | None = None) -> ModelAnalysis:
+    """Load a shipped model or checkpoint folder and measure everything the report shows.
+    `step(what)` is called as each part begins (ANALYSIS_STEPS, then the probes'
+    REPORT_PROBES when `probes`): the report's progress bar."""
+    step = step or (lambda what: None)
     model, task = hooked.load(name), hooked.task_of(name)
+    step("flow")
     flows = trace_flows(model, flow_prompts(task, n_flow_prompts), task)
+    example = trace_flow(model, example_prompt(task), task)
+    step("classification")
+    classification = classify(model, task)
+    step("anchor vectors")
     reader = min(1, model.cfg.n_layers - 1)  # the paper's layer 2 (ours 1) reads the anchors
+    vectors = anchor_vectors(model, task)
+    value_vectors = anchor_vectors(model, task, hooks=[f"blocks.{reader}.attn.hook_v"], position="anchor1")
+    step("weight complexity")
+    complexity = weight_complexity(model, task)
     return ModelAnalysis(
         name=name,
         task=task,
-        classification=classify(model, task),
-        example=trace_flow(model, example_prompt(task), task),
+        classification=classification,
+        example=example,
         flows=flows,
         route=flows.route(),
         routes_by_position=flows.routes_by_key_position(),
-        vectors=anchor_vectors(model, task),
-        value_vectors=anchor_vectors(model, task, hooks=[f"blocks.{reader}.attn.hook_v"], position="anchor1"),
-        complexity=weight_complexity(model, task),
-        probe_sections=list(report_sections(name, model, task)) if probes else [],
+        vectors=vectors,
+        value_vectors=value_vectors,
+        complexity=complexity,
+        probe_sections=list(report_sections(name, model, task, step=step)) if probes else [],
     )
 
 
@@ -156,7 +172,9 @@ def _interp_sections(a: ModelAnalysis) -> list[tuple[str, Content]]:
 
 
 def _route_html(a: ModelAnalysis) -> str:
-    by_position = "\n".join(f"key position {p}: {r.name}" for p, r in a.routes_by_position.items())
+    by_position = "\n".join([f"key position {p}: {r.name}" for p, r in a.routes_by_position.items()]
+                            + [f"key position {p}: not named (the second anchor is the last position, where the route rule is "
+                               "ill-defined: the answer position would be reading itself; see interp/flow.py)" for p in a.flows.unrouted_key_positions()])
     return f"<pre>{html.escape(str(a.route))}\n\nby key position (route rule on those prompts alone):\n{html.escape(by_position)}</pre>"
 
 
@@ -260,6 +278,19 @@ def build_report(targets: Sequence[str] = (), out: str | os.PathLike = "report.h
     for db in dbs:
         if not Path(db).is_file():
             raise ValueError(f"no sweep database at {db}")
-    analyses = [analyze(name, n_flow_prompts, probes) for name in tqdm(names, desc="report", unit="model", disable=not progress)]
+    analyses = []
+    if names:  # progress inside each model's analysis, not one tick per model
+        steps = len(ANALYSIS_STEPS) + (len(REPORT_PROBES) if probes else 0)
+        with tqdm(total=steps * len(names), desc="report", unit="step", disable=not progress) as bar:
+            for name in names:
+                started = []
+
+                def step(what: str, name: str = name, started: list = started) -> None:
+                    bar.update(1 if started else 0)  # the previous part is done
+                    started.append(what)
+                    bar.set_description_str(f"report {name}: {what}")
+
+                analyses.append(analyze(name, n_flow_prompts, probes, step=step))
+                bar.update(1)
     sweeps = [(db, sweep_sections(db)) for db in dbs]
     return write_text_atomic(out, render_html(analyses, sweeps)), analyses

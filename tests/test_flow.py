@@ -207,7 +207,8 @@ def test_uniform_attention_has_no_route():
 def test_route_by_key_position_and_single_prompt():
     flows = routed_flows([{"anchor1": "key", "anchor2": "key"}, {"last": "anchor1+anchor2"}])
     by_position = flows.routes_by_key_position()
-    assert sorted(by_position) == list(range(7))
+    assert sorted(by_position) == list(range(6))  # at key position 6 the second anchor is the last position
+    assert flows.unrouted_key_positions() == [6]
     assert all(by_position[p].name == "inferential" for p in range(6))
     assert flows[int((flows.prompts.key_pos == 2).nonzero()[0])].route().name == "inferential"
     assert "key -> anchors, then anchors -> last" in str(flows.route())

@@ -183,3 +183,20 @@ def test_a_bad_out_is_refused_before_any_work(command, where, message, checkpoin
     code, _, stderr = run_cli(*argv, "--out", out, "--quiet")
     assert code == 2 and message in stderr and len(stderr.strip().splitlines()) == 1
     assert (tmp_path / "dir").is_dir() and (tmp_path / "file").read_text() == ""
+
+
+def test_progress_is_shown_inside_each_model_and_not_for_no_models(checkpoints, sweep_db, tmp_path):
+    code, _, stderr = run_cli("report", sweep_db, "--no-models", "--out", str(tmp_path / "phase.html"))
+    assert code == 0 and "model" not in stderr and "report" not in stderr  # no empty "0model" bar
+    code, _, stderr = run_cli("report", checkpoints[0], "--no-probes", "--flow-prompts", "50", "--out", str(tmp_path / "r.html"))
+    assert code == 0
+    for what in report.ANALYSIS_STEPS:
+        assert f"report {checkpoints[0]}: {what}" in stderr
+    assert f"{len(report.ANALYSIS_STEPS)}/{len(report.ANALYSIS_STEPS)}" in stderr
+
+
+def test_the_route_table_names_no_route_where_the_rule_is_ill_defined(built):
+    analysis = built[2][0]
+    assert 6 not in analysis.routes_by_position and analysis.flows.unrouted_key_positions() == [6]
+    assert "key position 6: not named" in report._route_html(analysis)
+    assert analysis.summary()["route by key position"].endswith("6:n/a")
