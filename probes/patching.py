@@ -269,6 +269,7 @@ class PatchingResult:
             zmin=-1,
             zmax=1,
             zmid=0,
+            scales=[(-1, 1, "RdBu", 0), (0, 1, "Viridis", None)],  # the fraction is 0..1: a sequential scale
         )
 
 

@@ -10,7 +10,7 @@ from models.hooked import HookedTransformer
 from models.task import AnchorTask
 from probes.ablation import ablate, ablation_sweep
 from probes.composition import composition_test
-from probes.figures import notice
+from probes.figures import fit_titles, notice
 from probes.patching import make_pairs, order_probe, patch_sweep
 from probes.sites import Site
 
@@ -75,6 +75,7 @@ def report_sections(name: str, model: HookedTransformer, task: AnchorTask = Anch
         try:
             figure = run().figure()
             figure.update_layout(title_text=f"{name}: {figure.layout.title.text}")
+            fit_titles(figure)
         except ValueError as err:
             figure = notice(f"{name}: {title}", f"undefined for this model:<br>{err}")
         sections.append((f"{name}: {title}", figure))

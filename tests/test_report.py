@@ -200,3 +200,47 @@ def test_the_route_table_names_no_route_where_the_rule_is_ill_defined(built):
     assert 6 not in analysis.routes_by_position and analysis.flows.unrouted_key_positions() == [6]
     assert "key position 6: not named" in report._route_html(analysis)
     assert analysis.summary()["route by key position"].endswith("6:n/a")
+
+
+# After plotly drew and the page's resize ran: for every figure, its width and its column's,
+# and how far its drawn text, colour bars and heatmaps stay inside it (negative: clipped).
+MEASURE = """<script>window.addEventListener('load', () => setTimeout(() => {
+  const out = [...document.querySelectorAll('.js-plotly-plot')].map(d => {
+    const column = (d.closest('.cell') || d.parentElement).getBoundingClientRect(), svg = d.querySelector('.main-svg').getBoundingClientRect();
+    let left = Infinity, right = -Infinity, what = '';
+    d.querySelectorAll('.main-svg text, .main-svg .colorbar rect, .main-svg .heatmaplayer image').forEach(e => {
+      const r = e.getBoundingClientRect();
+      if (r.width > 0 && r.height > 0) { left = Math.min(left, r.left); if (r.right > right) { right = r.right; what = e.textContent.slice(0, 40); } }
+    });
+    return {title: (d.layout.title.text || '').slice(0, 50), column: column.width, width: svg.width, left: left - svg.left, right: svg.right - right, what};
+  });
+  const pre = document.createElement('pre'); pre.id = 'measured'; pre.textContent = JSON.stringify(out); document.body.appendChild(pre);
+}, 1000));</script>"""
+
+
+@pytest.fixture(scope="module")
+def probed_page(built, sweep_db, tmp_path_factory) -> Path:
+    """The report of the two tiny models with their causal probes (heatmaps, and notices
+    where a probe is undefined for a random model) and the sweep, measuring itself."""
+    from interp.sweep_report import sweep_sections
+    from probes.report import report_sections
+
+    analyses = [dataclasses.replace(a, probe_sections=report_sections(a.name, hooked.load(a.name), a.task, n=64)) for a in built[2]]
+    page = report.render_html(analyses, [(sweep_db, sweep_sections(sweep_db))])
+    return write_text_atomic(tmp_path_factory.mktemp("fit") / "report.html", page.replace("</body></html>", MEASURE + "</body></html>"))
+
+
+@pytest.mark.parametrize("width", [1280, 1920])
+def test_every_figure_fits_its_column(probed_page, width, tmp_path):
+    import html
+    import json
+
+    exe = shutil.which("chromium") or shutil.which("chromium-browser")
+    if exe is None:
+        pytest.fail("chromium is not installed; install it with: apt-get install -y chromium")
+    result = subprocess.run([exe, *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path}", f"--window-size={width},1000", "--virtual-time-budget=30000",
+                             "--dump-dom", probed_page.as_uri()], capture_output=True, text=True, timeout=300)
+    figures = json.loads(html.unescape(re.search(r'<pre id="measured">(.*?)</pre>', result.stdout, re.S).group(1)))
+    assert len(figures) == len(FIGURE_DIV.findall(probed_page.read_text())) > 30
+    too_wide = [f for f in figures if f["width"] > f["column"] + 1 or f["left"] < -1 or f["right"] < -1]
+    assert not too_wide, f"at {width} px, figures wider than their column or clipped: {too_wide}"
