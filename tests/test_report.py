@@ -244,3 +244,25 @@ def test_every_figure_fits_its_column(probed_page, width, tmp_path):
     assert len(figures) == len(FIGURE_DIV.findall(probed_page.read_text())) > 30
     too_wide = [f for f in figures if f["width"] > f["column"] + 1 or f["left"] < -1 or f["right"] < -1]
     assert not too_wide, f"at {width} px, figures wider than their column or clipped: {too_wide}"
+
+
+def test_every_section_says_how_to_read_it_and_defines_its_measures(probed_page, built):
+    page = probed_page.read_text()
+    headings = re.findall(r"<h2>(.*?)</h2>", page)
+    assert len(headings) > 15
+    for heading in headings:  # each heading is followed by its "how to read this" paragraph
+        assert f"<h2>{heading}</h2><p class='how'><b>How to read this.</b>" in page, heading
+    how = " ".join(re.findall(r"<p class='how'>(.*?)</p>", page))
+    for term in ("parallel score", "x-10 = x + shift(4) + shift(3)", "copied_a:", "pair_only:", "First-step grouping score",
+                 "stable rank", "normalised logit difference", "accuracy AFTER that ablation", "ordinal R^2"):
+        assert term in html_unescape(how), term
+    table = report._table_html(report.classification_table(built[2]))
+    rows = re.findall(r"<tr>(.*?)</tr>", table.split("<tbody>")[1])
+    assert len(rows) == len(built[2][0].summary())
+    assert all(row.endswith("</td>") and not row.endswith("<td></td>") for row in rows)  # a definition in every row
+
+
+def html_unescape(text: str) -> str:
+    import html
+
+    return html.unescape(text)
