@@ -339,6 +339,8 @@ _RESIZE = "<script>window.addEventListener('load', () => document.querySelectorA
 
 def _content_html(content: Content) -> str:
     if isinstance(content, go.Figure):
+        if content.layout.width is not None:  # a fixed width sticks out of a narrower column: take the column's
+            content = go.Figure(content).update_layout(width=None, autosize=True)
         return pio.to_html(content, full_html=False, include_plotlyjs=False, config={"displaylogo": False, "responsive": True})
     return content
 

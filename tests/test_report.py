@@ -44,10 +44,14 @@ def checkpoints(tmp_path_factory) -> list[str]:
 @pytest.fixture(scope="module")
 def sweep_db(tmp_path_factory) -> str:
     """A two-cell sweep database with recorded outcomes (no training)."""
-    db = tmp_path_factory.mktemp("sweep") / "phase.db"
-    spec = SweepSpec.parse(["gamma=0.5,0.8"], ["d_model=16", "d_head=8"])
+    return make_sweep_db(tmp_path_factory.mktemp("sweep") / "phase.db", [(0.5, 0.1, 0.8), (0.8, 0.9, 0.05)])
+
+
+def make_sweep_db(db: Path, cells: list[tuple[float, float, float]]) -> str:
+    """A sweep database over gamma with recorded (gamma, inferential, symmetric) outcomes."""
+    spec = SweepSpec.parse(["gamma=" + ",".join(str(g) for g, _, _ in cells)], ["d_model=16", "d_head=8"])
     store = SweepStore.create(db, spec, spec.cells())
-    for cell, (inferential, symmetric) in zip(spec.cells(), [(0.1, 0.8), (0.9, 0.05)]):
+    for cell, (_, inferential, symmetric) in zip(spec.cells(), cells):
         metrics = dict(label="symmetric" if symmetric > inferential else "inferential", seen_test_keys=1.0,
                        inferential_test_keys=inferential, symmetric_test_keys=symmetric)
         store.record_done(cell.id, dict(metrics=metrics, steps=1, stopped_early=False, train_seconds=1.0, wall_seconds=1.0,
@@ -206,7 +210,7 @@ def test_the_route_table_names_no_route_where_the_rule_is_ill_defined(built):
 # and how far its drawn text, colour bars and heatmaps stay inside it (negative: clipped).
 MEASURE = """<script>window.addEventListener('load', () => setTimeout(() => {
   const out = [...document.querySelectorAll('.js-plotly-plot')].map(d => {
-    const column = (d.closest('.cell') || d.parentElement).getBoundingClientRect(), svg = d.querySelector('.main-svg').getBoundingClientRect();
+    const column = (d.closest('.cell') || document.body).getBoundingClientRect(), svg = d.querySelector('.main-svg').getBoundingClientRect();
     let left = Infinity, right = -Infinity, what = '';
     d.querySelectorAll('.main-svg text, .main-svg .colorbar rect, .main-svg .heatmaplayer image').forEach(e => {
       const r = e.getBoundingClientRect();
@@ -219,15 +223,18 @@ MEASURE = """<script>window.addEventListener('load', () => setTimeout(() => {
 
 
 @pytest.fixture(scope="module")
-def probed_page(built, sweep_db, tmp_path_factory) -> Path:
+def probed_page(built, tmp_path_factory) -> Path:
     """The report of the two tiny models with their causal probes (heatmaps, and notices
-    where a probe is undefined for a random model) and the sweep, measuring itself."""
+    where a probe is undefined for a random model) and a sweep over 7 gammas (a wide phase
+    diagram), measuring itself."""
     from interp.sweep_report import sweep_sections
     from probes.report import report_sections
 
     analyses = [dataclasses.replace(a, probe_sections=report_sections(a.name, hooked.load(a.name), a.task, n=64)) for a in built[2]]
+    folder = tmp_path_factory.mktemp("fit")
+    sweep_db = make_sweep_db(folder / "wide.db", [(g / 10, g / 10, 1 - g / 10) for g in range(2, 9)])
     page = report.render_html(analyses, [(sweep_db, sweep_sections(sweep_db))])
-    return write_text_atomic(tmp_path_factory.mktemp("fit") / "report.html", page.replace("</body></html>", MEASURE + "</body></html>"))
+    return write_text_atomic(folder / "report.html", page.replace("</body></html>", MEASURE + "</body></html>"))
 
 
 @pytest.mark.parametrize("width", [1280, 1920])
