@@ -2,25 +2,28 @@
 prompt pair (change the key, change the first or second anchor), patch every site of the
 clean run into the corrupted run, on both shipped models.
 
-    python examples/activation_patching.py [MODEL ...]     (default: both shipped models; figures in out/probes/)
+    python examples/activation_patching.py [MODEL ...] [-n 512]
+    (default: both shipped models; figures in out/probes/)
 
 Metric: the normalised logit difference between the clean and the corrupted answer (1 =
 restored, 0 = untouched), by residual-stream site (rows) and role of the position.
 """
 
-import sys
-from pathlib import Path
+from example_args import example_args
 
-import models
-import probes
-from probes.figures import write_html
+args = example_args(__doc__, "out/probes", lambda p: p.add_argument("-n", type=int, default=512, help="prompt pairs per kind (default %(default)s)"))
 
-OUT = Path("out/probes")
+from pathlib import Path  # noqa: E402  (after the arguments: --help needs no torch)
+
+import models  # noqa: E402
+import probes  # noqa: E402
+from probes.figures import write_html  # noqa: E402
+
 PAIRS = ["change_key", "change_anchor1", "change_anchor2"]  # probes.PAIR_KINDS
 
-for name in sys.argv[1:] or ["inferential", "symmetric"]:
+for name in args.models:
     model, task = models.load(name), models.hooked.task_of(name)
     for kind in PAIRS:
-        result = probes.patch_sweep(model, probes.make_pairs(task, kind, n=512), title=f"{name}: activation patching ({kind})")
+        result = probes.patch_sweep(model, probes.make_pairs(task, kind, n=args.n), title=f"{name}: activation patching ({kind})")
         print(result.summary())
-        print(f"  written {write_html(result.figure(), OUT / f'patching_{kind}_{Path(name).name}.html')}")
+        print(f"  written {write_html(result.figure(), args.out / f'patching_{kind}_{Path(name).name}.html')}")

@@ -6,16 +6,15 @@ layer over every (key, pair), the cosine matrix of the last layer's output in ta
     (default: both shipped models; written to out/interp/anchor_vectors.html)
 """
 
-import sys
-from pathlib import Path
+from example_args import example_args
 
-import models
-from interp import anchor_vectors, figures, report
+args = example_args(__doc__, "out/interp")
 
-OUT = Path("out/interp")
+import models  # noqa: E402  (after the arguments: --help needs no torch)
+from interp import anchor_vectors, figures, report  # noqa: E402
 
 rows: dict[str, list] = {}
-for name in sys.argv[1:] or list(report.SHIPPED):
+for name in args.models:
     model, task = models.load(name), models.hooked.task_of(name)
     vectors = anchor_vectors(model, task)
     for hook, scores in vectors.scores().items():
@@ -26,4 +25,4 @@ for name in sys.argv[1:] or list(report.SHIPPED):
     keys = report.mid_keys(task)
     rows.setdefault("Cosine similarity after the last layer (paper Fig. 4)", []).append((name, figures.cosine_figure(vectors, -1, keys)))
     rows.setdefault("Scores per layer", []).append((name, figures.vector_scores_figure(vectors.scores())))
-print(f"written to {report.write_page(OUT / 'anchor_vectors.html', 'Anchor vectors', list(rows.items()))}")
+print(f"written to {report.write_page(args.out / 'anchor_vectors.html', 'Anchor vectors', list(rows.items()))}")

@@ -6,25 +6,21 @@ model, its JavaScript inlined so it opens offline).
     (default: both shipped models, a (4,3) prompt; written to out/interp/)
 """
 
-import argparse
-from pathlib import Path
+from example_args import example_args
 
-import models
-from interp import figures, report, trace_flow
-from models.files import write_text_atomic
+args = example_args(__doc__, "out/interp", lambda p: p.add_argument("--prompt", help="default: a held-out pair (4,3) prompt"))
 
-OUT = Path("out/interp")
+from pathlib import Path  # noqa: E402  (after the arguments: --help needs no torch)
 
-parser = argparse.ArgumentParser()
-parser.add_argument("models", nargs="*", default=list(report.SHIPPED))
-parser.add_argument("--prompt", help="default: a held-out pair (4,3) prompt")
-args = parser.parse_args()
+import models  # noqa: E402
+from interp import figures, report, trace_flow  # noqa: E402
+from models.files import write_text_atomic  # noqa: E402
 
 cells = []
 for name in args.models:
     model, task = models.load(name), models.hooked.task_of(name)
     flow = trace_flow(model, args.prompt or report.example_prompt(task), task)
     cells.append((name, figures.attention_heatmaps(flow)))
-    page = write_text_atomic(OUT / f"attention_circuitsvis_{Path(name).name}.html", figures.circuitsvis_html(flow, f"{name}: {' '.join(map(str, flow.tokens.tolist()))}"))
+    page = write_text_atomic(args.out / f"attention_circuitsvis_{Path(name).name}.html", figures.circuitsvis_html(flow, f"{name}: {' '.join(map(str, flow.tokens.tolist()))}"))
     print(f"{name}: answers {flow.prediction}; circuitsvis view written to {page}")
-print(f"heatmaps written to {report.write_page(OUT / 'attention_heatmaps.html', 'Attention patterns', [('every layer and head', cells)])}")
+print(f"heatmaps written to {report.write_page(args.out / 'attention_heatmaps.html', 'Attention patterns', [('every layer and head', cells)])}")

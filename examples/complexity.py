@@ -6,20 +6,19 @@ singular-value spectra and stable ranks of every weight matrix.
     (default: both shipped models; written to out/interp/complexity.html)
 """
 
-import sys
-from pathlib import Path
+from example_args import example_args
 
-import models
-from interp import figures, report, weight_complexity
+args = example_args(__doc__, "out/interp")
 
-OUT = Path("out/interp")
+import models  # noqa: E402  (after the arguments: --help needs no torch)
+from interp import figures, report, weight_complexity  # noqa: E402
 
 rows: dict[str, list] = {"W_Q condensation": [], "Key embeddings": [], "Singular values": []}
-for name in sys.argv[1:] or list(report.SHIPPED):
+for name in args.models:
     model, task = models.load(name), models.hooked.task_of(name)
     measured = weight_complexity(model, task)
     print(f"{name}: {measured.to_dict()['wq_condensation']}, ordinal R^2 {measured.embedding.ordinal_r2:.2f}")
     rows["W_Q condensation"].append((name, figures.condensation_figure(measured.condensation)))
     rows["Key embeddings"].append((name, figures.embedding_figure(measured.embedding)))
     rows["Singular values"].append((name, figures.spectra_figure(measured.spectra)))
-print(f"written to {report.write_page(OUT / 'complexity.html', 'Weight complexity', list(rows.items()))}")
+print(f"written to {report.write_page(args.out / 'complexity.html', 'Weight complexity', list(rows.items()))}")

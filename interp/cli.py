@@ -57,7 +57,9 @@ def _run_train(args: argparse.Namespace) -> None:
     from models.train import TrainConfig, train_to_folder
     from probes.solution import card_metrics
 
-    if args.threads:
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ValueError(f"--threads must be >= 1, got {args.threads}")
         torch.set_num_threads(args.threads)
     names = {f.name for f in dataclasses.fields(TrainConfig)} - {"arch", "task", "betas"}
     config = TrainConfig(arch=dict(args.arch), **{k: v for k, v in vars(args).items() if k in names})
@@ -199,9 +201,12 @@ def _add_probe(sub: argparse._SubParsersAction) -> None:
 
 def _run_probe(args: argparse.Namespace) -> None:
     import models
+    from models.files import output_file
     from probes.figures import write_html
     from probes.report import run_probe
 
+    if args.out:
+        output_file(args.out)  # a bad --out is refused before the probe runs
     result = run_probe(args.name, models.load(args.model), models.hooked.task_of(args.model), n=args.n, seed=args.seed, key_pos=args.key_pos,
                        ablation=args.ablation, sites=args.site, pairs=args.pairs, progress=not args.quiet)
     print(result.summary())
@@ -305,9 +310,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         code = args.run(args)
-    except (ValueError, FileExistsError, FileNotFoundError) as err:
-        # Bad input: one clear line, not a traceback.
-        print(f"anchor-interp {args.command}: error: {err}", file=sys.stderr)
+    except (ValueError, OSError) as err:
+        # Bad input (or an output that cannot be written): one clear line, not a traceback.
+        print(f"anchor-interp {args.command}: error: {' '.join(str(err).split())}", file=sys.stderr)
         return 2
     return code or 0
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
+import plotly.colors as pc
 import plotly.graph_objects as go
 import torch
 from plotly.subplots import make_subplots
@@ -14,14 +15,16 @@ from interp.complexity import Condensation, EmbeddingStructure, Spectra
 from interp.flow import Flow, FlowKind
 from interp.vectors import AnchorVectors
 from models.task import ROLES
+from probes.figures import TITLE_CHARS, fit_titles
 
 ROLE_COLORS = {"key": "#d62728", "anchor1": "#1f77b4", "anchor2": "#2ca02c", "noise": "#9a9a9a", "last": "#111111", "anchor2+last": "#2ca02c"}
 _FONT = dict(size=11)
 
 
 def _layout(fig: go.Figure, title: str, height: int = 420) -> go.Figure:
-    fig.update_layout(title=dict(text=title, font=dict(size=14)), height=height, margin=dict(l=50, r=20, t=60, b=45), font=_FONT)
-    return fig
+    """Shared look: small fonts, titles wrapped to fit a half-page column."""
+    fig.update_layout(title=dict(text=title, font=dict(size=14)), height=height, margin=dict(l=50, r=30, t=70, b=45), font=_FONT)
+    return fit_titles(fig, TITLE_CHARS + 10)  # 14 px titles: a few more characters fit
 
 
 def position_labels(flow: Flow) -> list[str]:
@@ -62,7 +65,8 @@ def attention_heatmaps(flow: Flow, title: str | None = None) -> go.Figure:
     """Every head of every layer for one prompt (rows: layers, columns: heads)."""
     n_layers, n_heads = flow.n_layers, flow.n_heads
     labels = position_labels(flow)
-    fig = make_subplots(rows=n_layers, cols=n_heads, subplot_titles=[f"layer {l} head {h}" for l in range(n_layers) for h in range(n_heads)], vertical_spacing=0.12)
+    fig = make_subplots(rows=n_layers, cols=n_heads, subplot_titles=[f"layer {l} head {h}" for l in range(n_layers) for h in range(n_heads)],
+                        vertical_spacing=min(0.25, 0.5 / n_layers))
     for layer in range(n_layers):
         for head in range(n_heads):
             fig.add_trace(
@@ -72,7 +76,7 @@ def attention_heatmaps(flow: Flow, title: str | None = None) -> go.Figure:
             )
             fig.update_yaxes(autorange="reversed", row=layer + 1, col=head + 1)
     fig.update_xaxes(tickangle=45)
-    return _layout(fig, title or "Attention patterns (hook_pattern): row = position reading, column = position read", height=330 * n_layers + 60)
+    return _layout(fig, title or "Attention patterns (hook_pattern): row = position reading, column = position read", height=380 * n_layers + 60)
 
 
 def role_flow_figure(shares: Tensor, uniform: Tensor | None = None, title: str = "Mean flow between roles") -> go.Figure:
@@ -167,22 +171,35 @@ def condensation_figure(condensation: Condensation, title: str | None = None) ->
 
 
 def embedding_figure(embedding: EmbeddingStructure, n_eigen: int = 20, title: str | None = None) -> go.Figure:
-    fig = make_subplots(rows=1, cols=2, subplot_titles=["covariance eigenvalues (fraction)", "key embeddings on PC1/PC2 (line joins x, x+1)"])
+    """Covariance spectrum of the key embeddings, and the keys on their first two principal
+    components, coloured by key value (colour bar) and joined x -> x+1."""
+    fig = make_subplots(rows=1, cols=2, subplot_titles=["covariance eigenvalues (fraction)", "keys on PC1/PC2 (line: x to x+1)"], horizontal_spacing=0.12)
     explained = embedding.explained[:n_eigen]
     fig.add_trace(go.Bar(x=list(range(1, len(explained) + 1)), y=explained.tolist(), showlegend=False), row=1, col=1)
     fig.add_trace(go.Scatter(x=embedding.coords[:, 0].tolist(), y=embedding.coords[:, 1].tolist(), mode="lines+markers", text=[f"key {k}" for k in embedding.keys.tolist()],
-                             marker=dict(color=embedding.keys.tolist(), colorscale="Viridis", size=6), line=dict(color="#cccccc", width=1), showlegend=False,
-                             hovertemplate="%{text}<extra></extra>"), row=1, col=2)
+                             marker=dict(color=embedding.keys.tolist(), colorscale="Viridis", size=6, showscale=True,
+                                         colorbar=dict(title=dict(text="key", side="right"), thickness=12, len=0.9)),
+                             line=dict(color="#cccccc", width=1), showlegend=False, hovertemplate="%{text}<extra></extra>"), row=1, col=2)
+    fig.update_xaxes(title_text="component", row=1, col=1)
+    fig.update_xaxes(title_text="PC1", row=1, col=2)
+    fig.update_yaxes(title_text="PC2", row=1, col=2)
     return _layout(fig, title or f"Key embeddings: ordinal R^2 {embedding.ordinal_r2:.2f}", height=380)
 
 
+# Enough distinct colours for every weight matrix of a deep model: 24 colours, then dashes.
+SPECTRA_COLORS = pc.qualitative.Dark24
+SPECTRA_DASHES = ("solid", "dash", "dot", "dashdot")
+
+
 def spectra_figure(spectra: Spectra, title: str = "Singular values / largest (stable rank in legend)") -> go.Figure:
+    """One line per weight matrix, each with its own colour (and dash, past 24 matrices)."""
     fig = go.Figure()
     ranks = spectra.stable_rank
-    for name, s in spectra.singular_values.items():
-        fig.add_trace(go.Scatter(y=(s / s[0]).tolist(), mode="lines", name=f"{name} ({ranks[name]:.1f})"))
-    fig.update_layout(yaxis_type="log", xaxis_title="index", yaxis_title="sigma_i / sigma_max")
-    return _layout(fig, title, height=420)
+    for i, (name, s) in enumerate(spectra.singular_values.items()):
+        line = dict(color=SPECTRA_COLORS[i % len(SPECTRA_COLORS)], dash=SPECTRA_DASHES[(i // len(SPECTRA_COLORS)) % len(SPECTRA_DASHES)], width=1.5)
+        fig.add_trace(go.Scatter(y=(s / s[0]).tolist(), mode="lines", name=f"{name} ({ranks[name]:.1f})", line=line))
+    fig.update_layout(yaxis_type="log", xaxis_title="index", yaxis_title="sigma_i / sigma_max", legend=dict(font=dict(size=10)))
+    return _layout(fig, title, height=460)
 
 
 def circuitsvis_html(flow: Flow, title: str = "") -> str:

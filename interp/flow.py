@@ -140,7 +140,12 @@ def _read(model: HookedTransformer, tokens: Int[Tensor, "batch pos"]) -> tuple[T
 
 
 def _prompts_of(prompts: Sequence[PromptLike] | Tensor | AnchorBatch, task: AnchorTask) -> AnchorBatch:
-    return prompts if isinstance(prompts, AnchorBatch) else task.prompts(prompts)
+    """Validated prompts: an AnchorBatch is checked like any token tensor (vocabulary, one
+    key and anchor pair per prompt), so a token -1 is refused, not read as the last id."""
+    if isinstance(prompts, AnchorBatch):
+        task.prompts(prompts.tokens)
+        return prompts
+    return task.prompts(prompts)
 
 
 def flow_prompts(task: AnchorTask, n: int, seed: int = 0) -> AnchorBatch:
@@ -159,8 +164,12 @@ def trace_flows(model: HookedTransformer, prompts: Sequence[PromptLike] | Tensor
 
 
 def trace_flow(model: HookedTransformer, prompt: PromptLike, task: AnchorTask = AnchorTask()) -> Flow:
-    """Flow for one prompt: "23 1 2 43 46 74 54 44 72", a list of ints or a token tensor."""
-    return trace_flows(model, task.prompt(prompt), task)[0]
+    """Flow for one prompt: "23 1 2 43 46 74 54 44 72", a list of ints or a token tensor
+    ([pos], or [1, pos]); several prompts go to `trace_flows`."""
+    batch = task.prompt(prompt)
+    if len(batch) != 1:
+        raise ValueError(f"trace_flow takes one prompt, got {len(batch)} (a tensor of shape {tuple(batch.tokens.shape)}); use trace_flows for many")
+    return trace_flows(model, batch, task)[0]
 
 
 # ---- results ------------------------------------------------------------------------------
@@ -299,9 +308,15 @@ class FlowBatch:
         return route_of(self.role_flow(kind, keep), self.uniform_role_flow(keep), threshold, n_prompts=int(keep.sum()))
 
     def routes_by_key_position(self, threshold: float = ROUTE_THRESHOLD, kind: FlowKind = "value") -> dict[int, Route]:
-        """The route for each key position on its own (mixed models differ by position)."""
+        """The route for each key position on its own (mixed models differ by position).
+        Key positions whose second anchor is the last position are left out, as in `route`:
+        the rule is ill-defined there (module docstring); `unrouted_key_positions` lists them."""
         key_pos = self.prompts.key_pos
-        return {p: self.route(threshold, kind, keep=key_pos == p) for p in sorted(set(key_pos.tolist()))}
+        return {p: self.route(threshold, kind, keep=key_pos == p) for p in sorted(set(key_pos[self.anchors_before_last()].tolist()))}
+
+    def unrouted_key_positions(self) -> list[int]:
+        """Key positions present whose second anchor is the last position: no route is named."""
+        return sorted(set(self.prompts.key_pos[~self.anchors_before_last()].tolist()))
 
 
 # ---- the route rule ------------------------------------------------------------------------

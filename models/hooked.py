@@ -11,6 +11,7 @@ Checkpoint folder (loads without this package too):
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -29,6 +30,7 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore")  # transformers' import-time chatter is not ours to show
     from transformer_lens import HookedTransformer, HookedTransformerConfig
 
+from models.files import OutputPathError, check_folder, default_mode
 from models.task import AnchorTask
 
 ZOO = Path(__file__).parent / "zoo"
@@ -64,12 +66,36 @@ def _quiet_deprecation():
 
 def hooked_config(task: AnchorTask = AnchorTask(), n_layers: int = 2, **overrides) -> dict[str, Any]:
     """JSON-able kwargs for HookedTransformerConfig: vocabulary and context from the task,
-    architecture from ARCH_DEFAULTS, anything else from `overrides`."""
+    architecture from ARCH_DEFAULTS, anything else from `overrides`; checked (`check_arch`)
+    before any model is built."""
     cfg = dict(ARCH_DEFAULTS, n_layers=n_layers, d_vocab=task.vocab_size, n_ctx=task.seq_len)
     cfg.update(overrides)
-    if cfg["n_layers"] < 1:
-        raise ValueError(f"n_layers must be >= 1, got {cfg['n_layers']}")
+    check_arch(cfg)
     return cfg
+
+
+MAX_PARAMS = 500_000_000  # ~2 GB of float32 weights, far beyond anything this task needs
+_SIZES = ("n_layers", "d_model", "d_head", "n_heads", "d_mlp", "d_vocab", "n_ctx")
+
+
+def check_arch(cfg: dict[str, Any]) -> None:
+    """Refuse, with one line naming the setting, an architecture that cannot be built or
+    cannot hold the task: sizes that are not positive integers, a vocabulary or context that
+    an unknown activation, a model too large to build."""
+    for name in _SIZES:
+        value = cfg.get(name)
+        if name == "d_mlp" and (value is None or cfg.get("attn_only")):
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    try:
+        with _quiet_deprecation():
+            checked = HookedTransformerConfig(**cfg)
+    except (AssertionError, TypeError, ValueError) as err:
+        raise ValueError(f"invalid architecture: {err}") from None
+    n_params = checked.n_params + 2 * cfg["d_vocab"] * cfg["d_model"] + cfg["n_ctx"] * cfg["d_model"]
+    if n_params > MAX_PARAMS:
+        raise ValueError(f"the architecture has {n_params:.3g} weights (more than {MAX_PARAMS:.0e}): too large to build here")
 
 
 def fan_in(name: str, param: torch.Tensor, cfg: HookedTransformerConfig) -> int:
@@ -139,28 +165,58 @@ def from_config(cfg: dict[str, Any]) -> HookedTransformer:
 # ---- checkpoints ------------------------------------------------------------------------
 def save(model: HookedTransformer, out: str | os.PathLike, card: dict[str, Any], config: dict[str, Any], overwrite: bool = False) -> Path:
     """Write a checkpoint folder atomically: everything goes to a temporary sibling folder
-    that replaces `out` in one rename, so a crash never leaves half a checkpoint."""
-    out = Path(out)
+    that replaces `out` by renames, so a crash never leaves half a checkpoint. Replacing an
+    old checkpoint moves it aside to `.NAME.old` first; if the process dies between the two
+    renames, the old checkpoint is moved back by the next `save`, `load` or `resolve`. A
+    symlinked `out` is followed (the link stays). Folder and files get the umask's
+    permissions."""
+    out = _real_folder(Path(out))
     _check_out_dir(out, config, card, overwrite)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    old = _old_of(out)
+    moved = False
     try:
+        os.chmod(tmp, default_mode("folder"))  # mkdtemp makes it private
         state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
         save_file(state, str(tmp / WEIGHTS_FILE))
+        os.chmod(tmp / WEIGHTS_FILE, default_mode())
         _write_json(tmp / CONFIG_FILE, config)
         _write_json(tmp / CARD_FILE, card)
         if out.exists():
-            old = out.with_name(f".{out.name}.old")
             shutil.rmtree(old, ignore_errors=True)
             out.rename(old)
+            moved = True
             tmp.rename(out)
             shutil.rmtree(old)
         else:
             tmp.rename(out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        if moved:
+            _recover(out)
         raise
     return out
+
+
+def _real_folder(out: Path) -> Path:
+    """`out` with symlinks followed (a link to a checkpoint folder is written through), after
+    putting back an old checkpoint a crash left aside."""
+    out = Path(os.path.realpath(out))
+    _recover(out)
+    return out
+
+
+def _old_of(out: Path) -> Path:
+    return out.with_name(f".{out.name}.old")
+
+
+def _recover(out: Path) -> None:
+    """If a `save` died between moving the old checkpoint aside and moving the new one in,
+    only `.NAME.old` is left: move it back."""
+    old = _old_of(out)
+    if old.is_dir() and not os.path.lexists(out):
+        old.rename(out)
 
 
 def _write_json(path: Path, obj: Any) -> None:
@@ -168,20 +224,29 @@ def _write_json(path: Path, obj: Any) -> None:
 
 
 def _check_out_dir(out: Path, config: dict, card: dict, overwrite: bool) -> None:
+    """Refuse, before any work, a checkpoint folder that cannot be written (a file, a parent
+    that is a file, no permission) or that holds another model: another config, recipe,
+    seed or torch thread count (the thread count changes the float summation order, hence
+    the weights)."""
+    out = _real_folder(out)
+    check_folder(out.parent)
+    if out.exists() and not out.is_dir():
+        raise OutputPathError(f"{out} exists and is not a folder")
     if not out.exists() or overwrite:
         return
-    if not out.is_dir():
-        raise FileExistsError(f"{out} exists and is not a folder")
     if not any(out.iterdir()):
         return
     try:
         old_config, old_card = read_json(out / CONFIG_FILE), read_json(out / CARD_FILE)
     except (CheckpointError, OSError):
         raise FileExistsError(f"{out} is not empty and holds no checkpoint of ours; pass overwrite to replace it") from None
-    same = old_config == config and old_card.get("recipe") == card.get("recipe") and old_card.get("seed") == card.get("seed")
-    if not same:
+    same_recipe = old_config == config and all(old_card.get(k) == card.get(k) for k in ("recipe", "seed"))
+    other_threads = "threads" in card and old_card.get("threads") != card["threads"]
+    if not same_recipe or other_threads:
+        why = (f" (same recipe and seed, but made with {old_card.get('threads')} torch threads, not {card['threads']}: "
+               "the weights differ)") if same_recipe else ""
         raise FileExistsError(
-            f"{out} already holds a different model ({old_card.get('command', 'unknown command')}); "
+            f"{out} already holds a different model ({old_card.get('command', 'unknown command')}){why}; "
             "pass overwrite (--overwrite) to replace it"
         )
 
@@ -200,6 +265,7 @@ def resolve(name_or_path: str | os.PathLike) -> Path:
     path = Path(name_or_path)
     if not path.exists() and (ZOO / str(name_or_path)).is_dir():
         path = ZOO / str(name_or_path)
+    _recover(path)
     if not path.is_dir():
         shipped = sorted(p.name for p in ZOO.iterdir() if p.is_dir()) if ZOO.is_dir() else []
         raise CheckpointError(f"no checkpoint folder at {name_or_path!r} (shipped models: {', '.join(shipped) or 'none'})")
@@ -207,9 +273,12 @@ def resolve(name_or_path: str | os.PathLike) -> Path:
 
 
 def load(name_or_path: str | os.PathLike) -> HookedTransformer:
-    """A checkpoint as a HookedTransformer, checked against its config."""
+    """A checkpoint as a HookedTransformer, checked against its config; its card (which
+    names the task) is checked too, so a folder that `classify` or `report` would trip on
+    is refused here."""
     path = resolve(name_or_path)
     config = read_json(path / CONFIG_FILE)
+    task_of(path)
     weights_path = path / WEIGHTS_FILE
     if not weights_path.is_file():
         raise CheckpointError(f"checkpoint file missing: {weights_path}")
@@ -236,19 +305,44 @@ def load(name_or_path: str | os.PathLike) -> HookedTransformer:
 
 
 def card(name_or_path: str | os.PathLike) -> dict[str, Any]:
-    return read_json(resolve(name_or_path) / CARD_FILE)
+    """A checkpoint's card, checked: a JSON object whose `task`, if any, is a valid AnchorTask."""
+    path = resolve(name_or_path) / CARD_FILE
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint file missing: {path} (a checkpoint folder holds {CONFIG_FILE}, {WEIGHTS_FILE} "
+                              f"and {CARD_FILE}, whose 'task' says which task the model was trained on)")
+    info = read_json(path)
+    if not isinstance(info, dict):
+        raise CheckpointError(f"{path} must hold a JSON object, got {type(info).__name__}")
+    if "task" in info:
+        _task_from_card(info["task"], path)
+    return info
+
+
+def _task_from_card(task: Any, path: Path) -> AnchorTask:
+    known = {f.name for f in dataclasses.fields(AnchorTask)}
+    if not isinstance(task, dict):
+        raise CheckpointError(f"{path}: 'task' must be an object of AnchorTask settings ({', '.join(sorted(known))}), got {task!r}")
+    unknown = sorted(set(task) - known)
+    if unknown:
+        raise CheckpointError(f"{path}: unknown task settings {unknown} (known: {', '.join(sorted(known))})")
+    try:
+        return AnchorTask.from_dict(task)
+    except (TypeError, ValueError) as err:
+        raise CheckpointError(f"{path}: invalid task: {err}") from None
 
 
 def task_of(name_or_path: str | os.PathLike) -> AnchorTask:
     """The task a checkpoint was trained on (from its card), or the paper's default."""
     info = card(name_or_path)
-    return AnchorTask.from_dict(info["task"]) if "task" in info else AnchorTask()
+    return _task_from_card(info["task"], resolve(name_or_path) / CARD_FILE) if "task" in info else AnchorTask()
 
 
-def check_model_fits_task(model: HookedTransformer, task: AnchorTask) -> None:
-    """Refuse a model whose context or vocabulary cannot hold the task's prompts."""
-    if model.cfg.n_ctx != task.seq_len or model.cfg.d_vocab < task.vocab_size:
+def check_model_fits_task(model: HookedTransformer | dict[str, Any], task: AnchorTask) -> None:
+    """Refuse a model (or HookedTransformerConfig kwargs) whose context or vocabulary cannot
+    hold the task's prompts."""
+    n_ctx, d_vocab = (model["n_ctx"], model["d_vocab"]) if isinstance(model, dict) else (model.cfg.n_ctx, model.cfg.d_vocab)
+    if n_ctx != task.seq_len or d_vocab < task.vocab_size:
         raise ValueError(
-            f"model (n_ctx {model.cfg.n_ctx}, d_vocab {model.cfg.d_vocab}) does not match the task "
-            f"(seq_len {task.seq_len}, vocab_size {task.vocab_size})"
+            f"model (n_ctx {n_ctx}, d_vocab {d_vocab}) does not match the task "
+            f"(seq_len {task.seq_len}, vocab_size {task.vocab_size}): it needs n_ctx {task.seq_len} and d_vocab >= {task.vocab_size}"
         )

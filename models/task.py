@@ -17,8 +17,9 @@ sequence and never trained on.
 from __future__ import annotations
 
 import itertools
-from functools import lru_cache
+import numbers
 from dataclasses import asdict, dataclass, fields
+from functools import lru_cache
 from typing import Literal, Sequence, Union
 
 import torch
@@ -47,6 +48,13 @@ class AnchorBatch:
     def subset(self, index: Tensor) -> "AnchorBatch":
         """The prompts at `index` (a boolean mask or indices)."""
         return AnchorBatch(*(getattr(self, f.name)[index] for f in fields(self)))
+
+
+def _integer_tokens(tokens: Tensor) -> Tensor:
+    """A token tensor as int64; a float or bool tensor is refused (it would be truncated)."""
+    if tokens.is_floating_point() or tokens.is_complex() or tokens.dtype == torch.bool:
+        raise ValueError(f"token ids must be an integer tensor, got dtype {tokens.dtype}")
+    return tokens.long()
 
 
 # The role of a position in a prompt. A position can play two: the last position is also
@@ -237,7 +245,7 @@ class AnchorTask:
         if isinstance(prompts, Tensor):
             if prompts.ndim != 2:
                 raise ValueError(f"a token tensor of prompts must be [batch, pos], got shape {tuple(prompts.shape)}")
-            tokens = prompts.long()
+            tokens = _integer_tokens(prompts)
         else:
             tokens = torch.stack([self._tokens_of(p) for p in prompts]) if len(prompts) else None
             if tokens is None:
@@ -277,7 +285,14 @@ class AnchorTask:
             except ValueError:
                 raise ValueError(f"prompt {prompt!r} is not a list of integer token ids") from None
             return self._tokens_of(values)
-        tokens = torch.as_tensor(prompt).long().flatten() if isinstance(prompt, Tensor) else torch.tensor(list(prompt), dtype=torch.long)
+        if isinstance(prompt, Tensor):
+            tokens = _integer_tokens(prompt).flatten()
+        else:
+            values = list(prompt)
+            odd = [v for v in values if isinstance(v, bool) or not isinstance(v, numbers.Integral)]
+            if odd:
+                raise ValueError(f"token ids must be integers, got {odd[0]!r} in {values}")
+            tokens = torch.tensor([int(v) for v in values], dtype=torch.long)
         if tokens.shape[0] != self.seq_len:
             raise ValueError(f"a prompt must have {self.seq_len} tokens, got {tokens.shape[0]}: {tokens.tolist()}")
         return tokens

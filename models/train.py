@@ -62,22 +62,25 @@ class TrainConfig:
 
     def __post_init__(self):
         hooked.check_gamma(self.gamma)
-        checks = {
-            "n_layers": self.n_layers >= 1,
-            "lr": 0 < self.lr < 1,
-            "weight_decay": self.weight_decay >= 0,
-            "batch_size": self.batch_size >= 1,
-            "max_steps": self.max_steps >= 1,
-            "warmup_steps": 0 <= self.warmup_steps <= self.max_steps,
-            "weight_decay_warmup": 0 <= self.weight_decay_warmup <= self.max_steps,
-            "grad_clip": self.grad_clip > 0,
-            "eval_every": self.eval_every >= 1,
-            "dataset_size": self.dataset_size is None or self.dataset_size >= 1,
-            "precision": self.precision in PRECISIONS,
+        checks = {  # setting: (valid, the rule it breaks)
+            "n_layers": (self.n_layers >= 1, ">= 1"),
+            "lr": (0 < self.lr < 1, "in (0, 1)"),
+            "weight_decay": (self.weight_decay >= 0, ">= 0"),
+            "batch_size": (self.batch_size >= 1, ">= 1"),
+            "max_steps": (self.max_steps >= 1, ">= 1"),
+            "warmup_steps": (0 <= self.warmup_steps <= self.max_steps, f"in 0..max_steps={self.max_steps}"),
+            "weight_decay_warmup": (0 <= self.weight_decay_warmup <= self.max_steps, f"in 0..max_steps={self.max_steps}"),
+            "grad_clip": (self.grad_clip > 0, "> 0"),
+            "eval_every": (self.eval_every >= 1, ">= 1"),
+            "dataset_size": (self.dataset_size is None or self.dataset_size >= 1, ">= 1"),
+            "min_steps": (self.min_steps >= 0, ">= 0"),
+            "patience": (self.patience >= 1, ">= 1"),
+            "settle_tol": (self.settle_tol > 0, "> 0"),
+            "precision": (self.precision in PRECISIONS, f"one of {', '.join(PRECISIONS)}"),
         }
-        bad = [name for name, ok in checks.items() if not ok]
+        bad = [f"{name}={getattr(self, name)!r} (must be {rule})" for name, (ok, rule) in checks.items() if not ok]
         if bad:
-            raise ValueError("invalid training settings: " + ", ".join(f"{n}={getattr(self, n)!r}" for n in bad))
+            raise ValueError("invalid training settings: " + ", ".join(bad))
         unknown = set(self.arch) - _hooked_config_fields()
         if unknown:
             raise ValueError(f"unknown architecture settings {sorted(unknown)}")
@@ -101,7 +104,9 @@ class TrainConfig:
         return cls(seed=seed, **r)
 
     def hooked_config(self) -> dict[str, Any]:
-        return hooked.hooked_config(self.task, self.n_layers, **self.arch)
+        cfg = hooked.hooked_config(self.task, self.n_layers, **self.arch)
+        hooked.check_model_fits_task(cfg, self.task)
+        return cfg
 
 
 def _hooked_config_fields() -> set[str]:
@@ -428,7 +433,8 @@ def train_to_folder(
     out = Path(out)
     command = command or train_command(config, out, threads=torch.get_num_threads())
     # Refuse a folder holding another model before spending minutes on training.
-    hooked._check_out_dir(out, config.hooked_config(), {"recipe": config.recipe(), "seed": config.seed}, overwrite)
+    same = {"recipe": config.recipe(), "seed": config.seed, "threads": torch.get_num_threads()}  # what make_card records
+    hooked._check_out_dir(out, config.hooked_config(), same, overwrite)
     result = train(config, progress=progress)
     metrics = evaluate(result.model, config.task)
     card = make_card(result, command, metrics)

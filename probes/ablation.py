@@ -28,6 +28,7 @@ from probes.sites import Patch, Site, by_role, cache_of, columns, last_logits_wi
 
 ABLATIONS = ("zero", "mean", "resample")
 METRICS = ("seen", "inferential", "symmetric")
+METRIC_NAMES = {"seen": "seen pairs (trained label)", "inferential": "(4,3) answered x-10", "symmetric": "(4,3) answered x-6"}
 SWEEP_KINDS = ("resid_pre", "z", "mlp_out")
 
 
@@ -172,10 +173,11 @@ class AblationSweep:
         return [(self.rows[i // n_col].label, labels[i % n_col], acc[metric].flatten()[i].item()) for i in order]
 
     def summary(self) -> str:
-        lines = [f"{self.kind}-ablation sweep ({len(self.prompts.seen)} seen + {len(self.prompts.held)} (4,3) prompts)"]
+        lines = [f"{self.kind}-ablation sweep ({len(self.prompts.seen)} seen + {len(self.prompts.held)} (4,3) prompts), "
+                 "one site at a time; accuracy before -> after ablating the site"]
         for m in METRICS:
-            moves = "; ".join(f"{row} @ {col}: {acc:.2f}" for row, col, acc in self.largest_changes(m))
-            lines.append(f"  {m:<12} intact {self.baseline[m]:.2f}; largest changes: {moves}")
+            moves = "; ".join(f"{row} @ {col} {self.baseline[m]:.2f} -> {acc:.2f}" for row, col, acc in self.largest_changes(m))
+            lines.append(f"  {METRIC_NAMES[m]:<26} intact {self.baseline[m]:.2f}; sites that change it most: {moves}")
         return "\n".join(lines)
 
     def figure(self) -> go.Figure:

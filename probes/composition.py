@@ -48,7 +48,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from models.hooked import HookedTransformer
+from models.hooked import HookedTransformer, check_model_fits_task
 from models.task import AnchorTask, KeySplit
 from probes.figures import heatmaps
 from probes.patching import PromptPairs, in_split, sample_prompts
@@ -175,6 +175,7 @@ def composition_test(
 ) -> CompositionResult:
     """Patch A's residual stream into B at every stream point and position, one forward per
     site over all pairs, and classify each answer (module docstring)."""
+    check_model_fits_task(model, task)
     pairs = composition_pairs(task, n, seed, keys, key_pos)
     pairs.require_aligned("the composition test")
     a, b = pairs.clean, pairs.corrupted

@@ -31,7 +31,7 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
-from models.hooked import HookedTransformer
+from models.hooked import HookedTransformer, check_model_fits_task
 from models.task import AnchorBatch, AnchorTask, KeySplit
 from probes.figures import heatmaps
 from probes.sites import Site, by_role, columns, last_logits_with, sources_of, sweep_logits, sweep_rows
@@ -269,6 +269,7 @@ class PatchingResult:
             zmin=-1,
             zmax=1,
             zmid=0,
+            scales=[(-1, 1, "RdBu", 0), (0, 1, "Viridis", None)],  # the fraction is 0..1: a sequential scale
         )
 
 
@@ -361,6 +362,7 @@ def order_probe(
     is patched into the (4,3) run; `restored` is the fraction of pairs turned from x-10 into
     x-6. Only pairs where the model gives both answers count, so the probe is undefined (an
     error) for a model that answers x-6 on (4,3) already: order makes no difference to it."""
+    check_model_fits_task(model, task)
     trap, held = task.trap_pair, task.held_out_pair
     if tuple(reversed(trap)) != tuple(held):
         raise ValueError(f"the order probe needs the trap pair {trap} to be the held-out pair {held} reversed")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 import plotly.graph_objects as go
 
@@ -10,7 +10,7 @@ from models.hooked import HookedTransformer
 from models.task import AnchorTask
 from probes.ablation import ablate, ablation_sweep
 from probes.composition import composition_test
-from probes.figures import notice
+from probes.figures import fit_titles, notice
 from probes.patching import make_pairs, order_probe, patch_sweep
 from probes.sites import Site
 
@@ -51,24 +51,31 @@ REPORT_PATCH_KINDS = ("resid_pre", "attn_out", "mlp_out")  # per head too would 
 REPORT_ABLATION_KINDS = ("z", "mlp_out")
 
 
-def report_sections(name: str, model: HookedTransformer, task: AnchorTask = AnchorTask(), n: int = 200) -> list[tuple[str, go.Figure]]:
+REPORT_PROBES = ("composition test", "order probe: (3,4) patched into (4,3)", "key route", "mean-ablation sweep")
+
+
+def report_sections(name: str, model: HookedTransformer, task: AnchorTask = AnchorTask(), n: int = 200,
+                    step: Callable[[str], None] | None = None) -> list[tuple[str, go.Figure]]:
     """The causal probes of one model as (section title, figure): the composition test, the
     order probe, patching of the key (which route the key takes to the last position) and
     a mean-ablation sweep of every head and MLP, sized to take a few seconds. A probe
     undefined for this model (e.g. the order probe on a model that answers x-6 on (4,3)
-    already) gets a figure saying why."""
+    already) gets a figure saying why. `step(title)` is called as each probe begins."""
     key_route = "key route: clean key patched into a changed key"
-    probes = [
-        ("composition test", lambda: composition_test(model, task, n, progress=False)),
-        ("order probe: (3,4) patched into (4,3)", lambda: order_probe(model, task, n, kinds=REPORT_PATCH_KINDS, progress=False)),
-        ("key route", lambda: patch_sweep(model, make_pairs(task, "change_key", n), REPORT_PATCH_KINDS, title=key_route, progress=False)),
-        ("mean-ablation sweep", lambda: ablation_sweep(model, task, "mean", REPORT_ABLATION_KINDS, n=n // 2, progress=False)),
+    runs = [
+        lambda: composition_test(model, task, n, progress=False),
+        lambda: order_probe(model, task, n, kinds=REPORT_PATCH_KINDS, progress=False),
+        lambda: patch_sweep(model, make_pairs(task, "change_key", n), REPORT_PATCH_KINDS, title=key_route, progress=False),
+        lambda: ablation_sweep(model, task, "mean", REPORT_ABLATION_KINDS, n=n // 2, progress=False),
     ]
     sections = []
-    for title, run in probes:
+    for title, run in zip(REPORT_PROBES, runs):
+        if step:
+            step(title)
         try:
             figure = run().figure()
             figure.update_layout(title_text=f"{name}: {figure.layout.title.text}")
+            fit_titles(figure)
         except ValueError as err:
             figure = notice(f"{name}: {title}", f"undefined for this model:<br>{err}")
         sections.append((f"{name}: {title}", figure))

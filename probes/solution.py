@@ -82,9 +82,11 @@ def classify(model: HookedTransformer, task: AnchorTask = AnchorTask(), n_noise:
     check_model_fits_task(model, task)
     was_training = model.training
     model.eval()
-    sets = eval_sets(task, n_noise)
-    pred = {name: predict(model, batch.tokens) for name, batch in sets.items()}
-    model.train(was_training)
+    try:
+        sets = eval_sets(task, n_noise)
+        pred = {name: predict(model, batch.tokens) for name, batch in sets.items()}
+    finally:  # the caller's train/eval mode, even when the forward pass raises
+        model.train(was_training)
 
     acc = {}
     for split in ("train", "test"):

@@ -59,7 +59,10 @@ def test_sweep_over_every_head_layer_and_position(model, tmp_path):
     labels, accuracy = mixed.columns()
     assert labels == ["key", "anchor1", "anchor2", "noise", "last"] and accuracy["inferential"].shape == (2, 5)
     assert accuracy["seen"][0, 1] < 0.2 and accuracy["seen"][0, 3] == 1.0  # layer 0's MLP at anchor1 (writes y); noise
-    assert "largest changes" in mixed.summary()
+    summary = mixed.summary()
+    assert "accuracy before -> after ablating the site" in summary and "(4,3) answered x-10" in summary
+    row, col, after = mixed.largest_changes("seen")[0]
+    assert f"{row} @ {col} {mixed.baseline['seen']:.2f} -> {after:.2f}" in summary
     html = write_html(sweep.figure(), tmp_path / "sweep.html").read_text()
     assert "plotly" in html and "<script src=" not in html
 

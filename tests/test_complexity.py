@@ -72,3 +72,16 @@ def test_weight_complexity_summary(model):
     summary = weight_complexity(model, TASK).to_dict()
     assert set(summary) == {"wq_condensation", "embedding", "stable_rank"}
     assert summary["wq_condensation"]["n_neurons"] == 32
+
+
+def test_every_spectrum_line_and_key_colour_is_told_apart():
+    from interp import figures
+
+    deep = hooked.build(0.5, n_layers=4, d_model=16, d_head=8, d_mlp=32)  # 2 + 4 x 6 + 1 = 27 matrices: more than 24 colours
+    measured = weight_complexity(deep, AnchorTask())
+    fig = figures.spectra_figure(measured.spectra)
+    styles = {(trace.line.color, trace.line.dash) for trace in fig.data}
+    assert len(fig.data) == 27 and len(styles) == 27
+    embedding = figures.embedding_figure(measured.embedding)
+    scatter = embedding.data[1].marker
+    assert scatter.showscale and scatter.colorbar.title.text == "key"

@@ -125,3 +125,11 @@ def test_probes_separate_the_shipped_models():
     import models
 
     probes_separate(models.load("inferential"), models.load("symmetric"), models.hooked.task_of("inferential"))
+
+
+@pytest.mark.parametrize("probe", ["composition_test", "order_probe"])
+def test_a_model_for_another_task_is_refused(probe):
+    import probes
+
+    with pytest.raises(ValueError, match="does not match the task"):
+        getattr(probes, probe)(hooked.build(0.5, n_ctx=10), n=4, progress=False)

@@ -1,6 +1,8 @@
 """trace_flow: the patterns are the hooks' own, the derived views are right on models whose
 attention is set by hand, the route rule names known routes, and bad input is refused."""
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -205,7 +207,8 @@ def test_uniform_attention_has_no_route():
 def test_route_by_key_position_and_single_prompt():
     flows = routed_flows([{"anchor1": "key", "anchor2": "key"}, {"last": "anchor1+anchor2"}])
     by_position = flows.routes_by_key_position()
-    assert sorted(by_position) == list(range(7))
+    assert sorted(by_position) == list(range(6))  # at key position 6 the second anchor is the last position
+    assert flows.unrouted_key_positions() == [6]
     assert all(by_position[p].name == "inferential" for p in range(6))
     assert flows[int((flows.prompts.key_pos == 2).nonzero()[0])].route().name == "inferential"
     assert "key -> anchors, then anchors -> last" in str(flows.route())
@@ -264,3 +267,27 @@ def test_shipped_models_take_the_route_the_paper_describes(name):
     model, task = models.load(name), hooked.task_of(name)
     flows = trace_flows(model, flow_prompts(task, 2000), task)
     assert flows.route().name == name, str(flows.route())
+
+
+@pytest.mark.parametrize("token, message", [(-1, "token -1 at position 0"), (500, "token 500 at position 0")])
+def test_an_anchor_batch_is_validated_too(token, message):
+    batch = AnchorTask().prompts([PROMPT, PROMPT])
+    tokens = batch.tokens.clone()
+    tokens[1, 0] = token
+    with pytest.raises(ValueError, match=message):
+        trace_flows(hooked.build(0.5, seed=0), dataclasses.replace(batch, tokens=tokens))
+
+
+@pytest.mark.parametrize(
+    "prompt, message",
+    [
+        (torch.tensor([23.7, 1, 2, 43, 46, 74, 54, 44, 72]), "integer tensor, got dtype torch.float32"),
+        (torch.tensor([[23.0, 1, 2, 43, 46, 74, 54, 44, 72]]), "integer tensor, got dtype torch.float32"),
+        ([23.7, 1, 2, 43, 46, 74, 54, 44, 72], "token ids must be integers, got 23.7"),
+        (AnchorTask().prompts([PROMPT, PROMPT]).tokens, r"trace_flow takes one prompt, got 2 \(a tensor of shape \(2, 9\)\); use trace_flows"),
+    ],
+)
+def test_float_tokens_and_several_prompts_are_refused_by_trace_flow(prompt, message):
+    with pytest.raises(ValueError, match=message):
+        trace_flow(hooked.build(0.5, seed=0), prompt)
+    assert trace_flow(hooked.build(0.5, seed=0), AnchorTask().prompts([PROMPT]).tokens).tokens.tolist() == [int(t) for t in PROMPT.split()]

@@ -175,3 +175,93 @@ def test_a_crash_while_saving_leaves_the_old_checkpoint(tmp_path, monkeypatch):
 def test_model_that_does_not_fit_the_task_is_refused():
     with pytest.raises(ValueError, match="does not match the task"):
         hooked.check_model_fits_task(models.build(0.5, n_ctx=12), AnchorTask())
+
+
+def test_checkpoint_gets_normal_permissions(tmp_path):
+    import os
+    import stat
+
+    out = _save(models.build(0.5), tmp_path / "ckpt")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o777 & ~umask
+    assert {p.name: stat.S_IMODE(p.stat().st_mode) for p in out.iterdir()} == dict.fromkeys(
+        ["card.json", "config.json", "model.safetensors"], 0o666 & ~umask)
+
+
+def test_a_symlinked_checkpoint_folder_is_written_through(tmp_path):
+    real = _save(models.build(0.5, seed=1), tmp_path / "real")
+    (tmp_path / "link").symlink_to(real)
+    second = models.build(0.5, seed=2)
+    hooked.save(second, tmp_path / "link", {"recipe": {}, "seed": 2}, hooked.hooked_config(), overwrite=True)
+    assert (tmp_path / "link").is_symlink()
+    assert torch.equal(models.load(real)(TOKENS), second(TOKENS))
+
+
+def test_an_overwrite_interrupted_between_its_renames_keeps_the_old_checkpoint(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    first = models.build(0.5, seed=1)
+    out = _save(first, tmp_path / "ckpt")
+    rename = Path.rename
+
+    def interrupted(self, target):  # Ctrl-C right after the old checkpoint was moved aside
+        if self.name.startswith(".ckpt.") and not self.name.endswith(".old"):
+            raise KeyboardInterrupt
+        return rename(self, target)
+
+    monkeypatch.setattr(Path, "rename", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        hooked.save(models.build(0.5, seed=2), out, {"recipe": {}, "seed": 2}, hooked.hooked_config(), overwrite=True)
+    monkeypatch.undo()
+    assert [p.name for p in tmp_path.iterdir()] == ["ckpt"]
+    assert torch.equal(models.load(out)(TOKENS), first(TOKENS))
+
+    # kill -9 at the same point leaves only the hidden old folder: the next load puts it back.
+    out.rename(tmp_path / ".ckpt.old")
+    assert torch.equal(models.load(out)(TOKENS), first(TOKENS))
+    assert [p.name for p in tmp_path.iterdir()] == ["ckpt"]
+
+
+def test_same_recipe_with_another_thread_count_is_not_silently_overwritten(tmp_path):
+    _save(models.build(0.5, seed=1), tmp_path / "ckpt", threads=1)
+    _save(models.build(0.5, seed=1), tmp_path / "ckpt", threads=1)  # the same run again: fine
+    with pytest.raises(FileExistsError, match="made with 1 torch threads, not 2"):
+        _save(models.build(0.5, seed=1), tmp_path / "ckpt", threads=2)
+
+
+@pytest.mark.parametrize(
+    "card, message",
+    [
+        (None, "checkpoint file missing: .*card.json"),
+        ({"task": [1]}, "'task' must be an object of AnchorTask settings"),
+        ({"task": {"vocab_size": 201, "colour": 3}}, r"unknown task settings \['colour'\]"),
+        ({"task": {"seq_len": 2}}, "invalid task: seq_len must be >= 3"),
+        ([1, 2], "must hold a JSON object"),
+    ],
+)
+def test_a_bad_or_missing_card_is_refused_at_load(tmp_path, card, message):
+    out = _save(models.build(0.5), tmp_path / "ckpt")
+    if card is None:
+        (out / "card.json").unlink()
+    else:
+        (out / "card.json").write_text(json.dumps(card))
+    for read in (models.load, hooked.task_of):
+        with pytest.raises(models.CheckpointError, match=message):
+            read(out)
+
+
+@pytest.mark.parametrize(
+    "arch, message",
+    [
+        (dict(d_model=0), "d_model must be a positive integer, got 0"),
+        (dict(d_model=-8), "d_model must be a positive integer, got -8"),
+        (dict(d_model=1e12), "d_model must be a positive integer, got 1000000000000.0"),
+        (dict(d_model=10**7), "too large to build"),
+        (dict(n_heads=0), "n_heads must be a positive integer"),
+        (dict(act_fn="nonsense"), "act_fn=nonsense must be one of"),
+    ],
+)
+def test_impossible_architectures_are_refused_before_building(arch, message):
+    with pytest.raises(ValueError, match=message):
+        hooked.hooked_config(**arch)

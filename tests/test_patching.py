@@ -155,6 +155,10 @@ def test_order_probe_finds_where_order_is_read(composer_model, lookup_model):
     assert all(max(restored[f"L{layer} {kind}"]) == 0 for layer in (0, 1) for kind in ("resid_pre",)) and max(restored["L0 resid_mid"]) == 0
     # ...the last position after layer 1's attention does, completely.
     assert restored["L1 resid_mid"][LAST] == 1.0 and restored["L1 attn_out"][LAST] == 1.0
+    # The figure: the metric on a diverging -1..1 scale, the fraction on a sequential 0..1 one.
+    metric, fraction = result.figure().data
+    assert (metric.zmin, metric.zmax, metric.zmid) == (-1, 1, 0) and (fraction.zmin, fraction.zmax, fraction.zmid) == (0, 1, None)
+    assert fraction.colorscale[0][1] != metric.colorscale[0][1] and fraction.showscale and metric.showscale
     # A lookup model answers x-6 on (4,3) already: the question has no answer.
     with pytest.raises(ValueError, match="undefined: no pair where the clean run answers x-6 and the corrupted run x-10"):
         order_probe(lookup_model, TASK, 16, progress=False)

@@ -79,3 +79,17 @@ def test_label_rule():
 def test_classifier_refuses_a_model_for_another_task():
     with pytest.raises(ValueError, match="does not match the task"):
         classify(hooked.build(0.5, n_ctx=10))
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_classify_restores_the_train_eval_mode_when_it_raises(training):
+    model = hooked.build(0.5, d_model=16, d_head=8, d_mlp=32)
+    model.train(training)
+
+    def fail(*args, **kwargs):
+        raise RuntimeError("boom")
+
+    model.blocks[0].hook_resid_post.add_hook(lambda resid, hook: fail())
+    with pytest.raises(RuntimeError, match="boom"):
+        classify(model)
+    assert model.training is training

@@ -233,3 +233,34 @@ def test_train_command_line_round_trips_the_config():
     args = cli.build_parser().parse_args(command[1:])
     assert args.gamma == 0.6 and args.n_layers == 3 and args.seed == 5 and args.lr == 1e-3
     assert args.early_stop is False and args.dataset_size == 1000 and dict(args.arch) == {"d_model": 64}
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--arch", "d_model=0"], "d_model must be a positive integer, got 0"),
+        (["--arch", "d_model=-8"], "d_model must be a positive integer, got -8"),
+        (["--arch", "d_model=1e12"], "d_model must be a positive integer, got 1000000000000.0"),
+        (["--arch", "n_heads=0"], "n_heads must be a positive integer, got 0"),
+        (["--arch", "d_vocab=50"], "d_vocab 50) does not match the task"),
+        (["--arch", "n_ctx=4"], "(n_ctx 4, d_vocab 201) does not match the task (seq_len 9"),
+        (["--arch", "act_fn=nonsense"], "act_fn=nonsense must be one of"),
+        (["--patience", "-5"], "patience=-5 (must be >= 1)"),
+        (["--min-steps", "-5"], "min_steps=-5 (must be >= 0)"),
+        (["--settle-tol", "-1"], "settle_tol=-1.0 (must be > 0)"),
+        (["--max-steps", "5"], "warmup_steps=150 (must be in 0..max_steps=5)"),
+        (["--threads", "0"], "--threads must be >= 1"),
+        (["--out", "{file}/run"], "is a file, not a folder"),
+        (["--out", "{file}"], "exists and is not a folder"),
+    ],
+)
+def test_bad_train_arguments_give_one_line_before_any_training(argv, message, tmp_path, capsys, monkeypatch):
+    import importlib
+
+    monkeypatch.setattr(importlib.import_module("models.train"), "train", lambda *a, **k: pytest.fail("trained before refusing"))
+    (tmp_path / "file").write_text("")
+    argv = [a.replace("{file}", str(tmp_path / "file")) for a in argv]
+    out = [] if "--out" in argv else ["--out", str(tmp_path / "run")]
+    assert cli.main(["train", "--quiet", *out, *argv]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
