@@ -10,20 +10,14 @@ share of what the answer position reads from each role in each layer (rows sum t
 p = 6 "anchor2" and "last" are the same position, so both columns show its self-share).
 """
 
-import argparse
+from example_args import example_args
 
-import torch
+args = example_args(__doc__, "out")  # prints only: --out is unused
 
-import interp
-import models
-import probes
-from models.task import ROLES
-
-parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-parser.add_argument("models", nargs="*", default=["inferential", "symmetric"], help="checkpoint folders or shipped names")
-parser.add_argument("--threads", type=int, default=1, help="torch threads (default %(default)s)")
-args = parser.parse_args()
-torch.set_num_threads(args.threads)
+import interp  # noqa: E402  (after the arguments: --help needs no torch)
+import models  # noqa: E402
+import probes  # noqa: E402
+from models.task import ROLES  # noqa: E402
 
 for name in args.models:
     model, task = models.load(name), models.hooked.task_of(name)

@@ -15,7 +15,7 @@ SCRIPTS = sorted(p.name for p in EXAMPLES.glob("*.py") if p.name != "example_arg
 
 
 def test_there_are_examples():
-    assert len(SCRIPTS) == 8
+    assert len(SCRIPTS) == 9
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
