@@ -1,7 +1,10 @@
 """The shipped reference models: made by the repo's own train command, and meeting their
-targets under an independent evaluation (probes.classify on a fresh grid of prompts)."""
+targets under an independent evaluation (probes.classify on a fresh grid of prompts), with
+the validation distribution of their commands in their cards."""
 
+import json
 import shlex
+from pathlib import Path
 
 import pytest
 import torch
@@ -9,6 +12,7 @@ import torch
 import models
 from interp import cli
 from models import hooked
+from models.sweep import results
 from models.train import TrainConfig
 from probes.solution import classify
 
@@ -52,3 +56,29 @@ def test_shipped_models_answer_the_paper_example():
         logits = models.load(name)(models.AnchorTask().prompt("23 1 2 43 46 74 54 44 72").tokens)
         assert int(logits[0, -1].argmax()) == 29
         assert torch.isfinite(logits).all()
+
+
+VALIDATION_DB = Path(models.__file__).parent / "sweeps" / "validation.db"
+
+
+def test_the_validation_database_holds_the_shipped_commands_on_the_declared_seeds():
+    from interp.seeds import seed_list
+
+    _, rows = results(VALIDATION_DB)
+    recipes = {models.card(name)["gamma"]: models.card(name)["recipe"] for name in TARGETS}
+    assert {r["gamma"] for r in rows} == set(recipes)
+    for row in rows:
+        assert row["seed"] in seed_list("validation")
+        assert row["config"].recipe() == recipes[row["gamma"]], row["params"]
+
+
+@pytest.mark.parametrize("name", sorted(TARGETS))
+def test_each_card_reports_the_validation_of_its_command(name):
+    from interp.seeds import card_validation, seed_groups
+
+    card = models.card(name)
+    _, rows = results(VALIDATION_DB)
+    groups = seed_groups(rows, {card["gamma"]: name})
+    expected = card_validation(card, groups, rows, card["validation"]["database"])
+    assert card["validation"] == json.loads(json.dumps(expected))
+    assert card["validation"]["solution"] == name and card["validation"]["runs"] >= 1
