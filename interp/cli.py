@@ -245,15 +245,17 @@ def _add_seeds(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=_run_seeds)
 
 
-def _run_seeds(args: argparse.Namespace) -> None:
+def _run_seeds(args: argparse.Namespace) -> int:
     import json
     import shlex
 
+    import models
     from interp.seeds import card_validation, compare_runs, format_groups, markdown_table, reproduced, seed_groups, seed_list
     from interp.sweep import run_sweep
+    from models.files import write_text_atomic
     from models.sweep import SweepSpec, results
 
-    expect = {}
+    expect, failed = {}, 0
     for item in args.expect:
         gamma, _, solution = item.partition("=")
         if solution not in ("inferential", "symmetric"):
@@ -268,6 +270,7 @@ def _run_seeds(args: argparse.Namespace) -> None:
                             keep_checkpoints=args.keep_checkpoints, progress=not args.quiet, command=command)
         for cell_id, error in summary.errors.items():
             print(f"  run {cell_id} failed: {error}", file=sys.stderr)
+        failed = summary.failed
     _, rows = results(args.db)
     groups = seed_groups(rows, expect)
     print(format_groups(groups))
@@ -275,9 +278,6 @@ def _run_seeds(args: argparse.Namespace) -> None:
         same, total, differ = reproduced(rows, results(args.check)[1])
         print(f"reproduced {same} of {total} runs also in {args.check}" + (f"; differ: {differ}" if differ else ""))
     for name in args.cards or []:
-        import models
-        from models.files import write_text_atomic
-
         card = models.card(name)
         card["validation"] = card_validation(card, groups, rows, args.db)
         path = write_text_atomic(models.hooked.resolve(name) / models.hooked.CARD_FILE, json.dumps(card, indent=2) + "\n")
@@ -292,6 +292,7 @@ def _run_seeds(args: argparse.Namespace) -> None:
         print(markdown_table(groups, args.db))
     if args.json:
         print(json.dumps([g.to_dict() for g in groups]))
+    return 1 if failed else 0  # like `sweep`: failed runs stay in the database, to retry by rerunning
 
 
 def build_parser() -> argparse.ArgumentParser:
