@@ -24,9 +24,9 @@ from models.task import AnchorTask, eval_sets
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Everything that decides what a run learns. The defaults are the shipped recipe: on
-    2 CPU cores it gives the inferential solution at gamma 0.8 and the symmetric one at
-    gamma 0.3 in every seed tried, the init scale alone deciding (README: "Recipe")."""
+    """Everything that decides what a run learns. The defaults are the shipped recipe. On
+    the 20 validation seeds it gives the inferential solution at gamma 0.8 in 13 and the
+    symmetric one at gamma 0.3 in 15: not seed-robust (README: "Recipe")."""
 
     gamma: float = 0.8  # init std = fan_in^-gamma for every weight matrix
     n_layers: int = 2
