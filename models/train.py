@@ -35,12 +35,12 @@ class TrainConfig:
     # Strong decoupled decay (lr * wd = 1.5e-3 per step) keeps an inferential model from
     # drifting to the mirrored lookup after it fits (at 0.1, gamma 0.8 fits inferentially,
     # then drifts); at 1.0 inferential models stay partial, at 2.0 a large init loses its
-    # scale before it fits and comes out inferential too (README: "Recipe").
+    # scale before it fits and comes out inferential too (one run a seed, seeds 0-6: the README table at commit b8a48fd).
     weight_decay: float = 1.5
     weight_decay_warmup: int = 0  # decay ramps linearly from 0 to weight_decay over these steps
     # Weight matrices only, as in GPT training: decaying the LayerNorm gains too (the recipe
     # before 2026-11-25, with wd 2.0) shrank them to ~0.25, and gamma 0.8 went symmetric in
-    # 2 of 7 seeds; sparing them turned both seeds inferential (README: "Recipe").
+    # 2 of 7 seeds; sparing them turned both seeds inferential (same table).
     decay_norms: bool = False  # also decay LayerNorm weights and biases
     betas: tuple[float, float] = (0.9, 0.999)
     adam_eps: float = 1e-8
