@@ -35,7 +35,8 @@ class TrainConfig:
     # Strong decoupled decay (lr * wd = 1.5e-3 per step) keeps an inferential model from
     # drifting to the mirrored lookup after it fits (at 0.1, gamma 0.8 fits inferentially,
     # then drifts); at 1.0 inferential models stay partial, at 2.0 a large init loses its
-    # scale before it fits and comes out inferential too (one run a seed, seeds 0-6: the README table at commit b8a48fd).
+    # scale before it fits and comes out inferential too (one run a seed, seeds 0-6: the
+    # README's search table at commit b8a48fd).
     weight_decay: float = 1.5
     weight_decay_warmup: int = 0  # decay ramps linearly from 0 to weight_decay over these steps
     # Weight matrices only, as in GPT training: decaying the LayerNorm gains too (the recipe
