@@ -217,6 +217,8 @@ def last_logits(model: hooked.HookedTransformer, tokens: Int[Tensor, "batch pos"
     hooked forward (slower, same result, fp32 only)."""
     if uses_fused_forward(model.cfg):
         return fused_logits(fused_parameters(model), model.cfg, tokens, precision)
+    if precision != "fp32":
+        raise ValueError(f"precision {precision!r} needs the fused forward, which this architecture does not have: train it with precision fp32")
     resid = model(tokens, stop_at_layer=model.cfg.n_layers)  # [batch, pos, d_model]
     return model.unembed(model.ln_final(resid[:, -1:, :]))[:, 0, :]
 
@@ -305,13 +307,11 @@ def train(config: TrainConfig, progress: bool = True) -> TrainResult:
     model = hooked.build(config.gamma, config.n_layers, seed=config.seed, task=config.task, **config.arch)
     model.train()
     optimizer, schedule = make_optimizer([p for p in model.parameters() if p.requires_grad], config)
-    if uses_fused_forward(model.cfg):
+    if uses_fused_forward(model.cfg):  # collect the fused forward's parameters once, not every step
         params = fused_parameters(model)
         logits_fn = lambda t: fused_logits(params, model.cfg, t, config.precision)  # noqa: E731
-    elif config.precision == "fp32":
-        logits_fn = lambda t: last_logits(model, t)  # noqa: E731
     else:
-        raise ValueError(f"precision {config.precision!r} needs the fused forward, which this architecture does not have: train it with precision fp32")
+        logits_fn = lambda t: last_logits(model, t, config.precision)  # noqa: E731
 
     history: list[dict[str, float]] = []
     start = time.perf_counter()
