@@ -159,7 +159,10 @@ def freeze_biases(model: HookedTransformer) -> None:
 def from_config(cfg: dict[str, Any]) -> HookedTransformer:
     """An untrained HookedTransformer from config kwargs (TransformerLens' own init)."""
     with _quiet_deprecation():
-        return HookedTransformer(HookedTransformerConfig(**cfg), move_to_device=False)
+        # On CPU unless the config says otherwise: left unset, TransformerLens picks the GPU
+        # when there is one and then sends every input there, while these weights stay here.
+        # `model.to("cuda")` moves a model and its config together.
+        return HookedTransformer(HookedTransformerConfig(**{"device": "cpu", **cfg}), move_to_device=False)
 
 
 # ---- checkpoints ------------------------------------------------------------------------
