@@ -176,12 +176,16 @@ def _add_report(sub: argparse._SubParsersAction) -> None:
 
 def _run_report(args: argparse.Namespace) -> None:
     from interp.report import build_report, classification_table, table_text
+    from interp.sweep_report import mechanism_summary
 
     if args.flow_prompts < 1:
         raise ValueError(f"--flow-prompts must be >= 1, got {args.flow_prompts}")
     out, analyses = build_report(args.targets, args.out, n_flow_prompts=args.flow_prompts, probes=args.probes, progress=not args.quiet, models=args.models)
     if analyses:
         print(table_text(classification_table(analyses)))
+    for target in args.targets:
+        if str(target).endswith(".db"):
+            print(mechanism_summary(target))
     print(f"report written to {out}")
 
 
