@@ -99,6 +99,8 @@ def _add_sweep(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", action="store_true", help="continue the sweep in --db (its own grid unless one is given, "
                    "which must then match); finished cells are never rerun, failed ones are retried")
     p.add_argument("--no-retry-failed", dest="retry_failed", action="store_false", help="with --resume: leave failed cells alone")
+    p.add_argument("--only", action="append", default=[], metavar="NAME=VALUE",
+                   help="run only the cells with this swept value, e.g. --only n_layers=3 (repeatable); the rest wait")
     p.add_argument("--executor", choices=("local", "ray", "stacked"), default="local", help="local process pool (default), Ray, "
                    "or stacked: many runs at once on one --device (a GPU), probed by a local pool")
     _add_stacked_options(p)
@@ -120,6 +122,12 @@ def _sweep_spec(args: argparse.Namespace):
         return None
     base = SweepSpec.from_toml(args.spec or "default") if args.spec or not args.grid else None
     return SweepSpec.parse(args.grid, args.fixed, base) if args.grid or args.fixed else base
+
+
+def _only(items: list[str]) -> dict:
+    from models.sweep import _assignment, canonical_name, parse_value
+
+    return {canonical_name(name): parse_value(value) for name, value in (_assignment(item, "--only") for item in items)}
 
 
 def _run_sweep(args: argparse.Namespace) -> int:
@@ -144,7 +152,7 @@ def _run_sweep(args: argparse.Namespace) -> int:
         summary = run_sweep(spec, args.db, resume=args.resume, executor=args.executor, workers=args.workers,
                             threads=args.threads, address=args.address, keep_checkpoints=args.keep_checkpoints,
                             retry_failed=args.retry_failed, progress=not args.quiet, command=command,
-                            device=args.device, stack_size=args.stack_size)
+                            device=args.device, stack_size=args.stack_size, only=_only(args.only))
     except KeyboardInterrupt:
         print(f"\ninterrupted: finished cells are saved in {args.db}; continue with: {resume_command}", file=sys.stderr)
         raise SystemExit(130) from None

@@ -366,6 +366,7 @@ def run_sweep(
     cell_fn: CellFn = run_cell,
     device: str = "cuda",
     stack_size: int = 64,
+    only: dict[str, Any] | None = None,
 ) -> SweepSummary:
     """Run every unfinished cell of the sweep in `db` (created from `spec` unless resuming),
     committing each result as it arrives. A failed cell records its error and the sweep goes
@@ -373,7 +374,8 @@ def run_sweep(
 
     `cell_fn` is what a worker runs per cell (default: train, classify, mechanism); it must be
     importable by the workers, and with the stacked executor (`device`, `stack_size`) it gets
-    the trained run as a fifth argument. Checkpoints, when kept, go to <db>.checkpoints/cell-<id>."""
+    the trained run as a fifth argument. `only` runs just the cells with these swept values
+    (say {"n_layers": 3}: one depth of a phase grid); the others stay as they are. Checkpoints, when kept, go to <db>.checkpoints/cell-<id>."""
     if executor not in EXECUTORS:
         raise ValueError(f"unknown executor {executor!r}; choose {', '.join(EXECUTORS)}")
     if stack_size < 1:
@@ -393,7 +395,10 @@ def run_sweep(
         raise
     try:
         cells = {c.id: c for c in store.cells()}
-        todo = deque(store.todo(retry_failed))
+        unknown = sorted(set(only or {}) - {k for c in cells.values() for k in c.params})
+        if unknown:
+            raise ValueError(f"--only names settings the grid does not sweep: {unknown}")
+        todo = deque(i for i in store.todo(retry_failed) if all(cells[i].params[k] == v for k, v in (only or {}).items()))
         counts = store.counts()
         summary = SweepSummary(store.path, len(cells), counts["done"], 0 if retry_failed else counts["failed"], 0, 0.0, {})
         if todo:

@@ -566,3 +566,12 @@ def test_report_on_a_sweep_with_a_d_model_axis(tmp_path, capsys):
     assert phase["init_std"].tolist() == pytest.approx([32 ** -0.5, 32 ** -0.8, 64 ** -0.5, 64 ** -0.8])
     out = tmp_path / "width.html"
     assert cli.main(["report", str(db), "--no-models", "--out", str(out), "--quiet"]) == 0 and out.is_file()
+
+
+def test_only_runs_the_matching_cells_and_leaves_the_rest_pending(tmp_path):
+    db = tmp_path / "s.db"
+    summary = run_sweep(tiny_spec("gamma=0.3,0.8", "seed=0"), db, workers=1, threads=1, progress=False, only={"gamma": 0.8})
+    assert (summary.ran, summary.done, summary.total) == (1, 1, 2)
+    assert {r["params"]["gamma"]: r["status"] for r in results(db)[1]} == {0.3: "pending", 0.8: "done"}
+    with pytest.raises(ValueError, match=r"does not sweep: \['lr'\]"):
+        run_sweep(None, db, resume=True, progress=False, only={"lr": 1e-3})
