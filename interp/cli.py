@@ -194,7 +194,7 @@ def _add_probe(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--ablation", default="mean", help="zero, mean or resample (default %(default)s)")
     p.add_argument("--site", action="append", default=[], metavar="KIND:LAYER[:pos=P][:head=H]",
                    help="ablation: ablate these sites together instead of sweeping every site (repeatable)")
-    p.add_argument("--pairs", default="change_key", help="patching: swap_order, change_anchor1, change_anchor2, change_key or move_key (default %(default)s)")
+    p.add_argument("--pairs", default="change_key", help="patching: swap_order, change_anchor1, change_anchor2, change_anchors, change_key or move_key (default %(default)s)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(run=_run_probe)
 

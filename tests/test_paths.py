@@ -1,0 +1,58 @@
+"""Path patching: the paths add up to the whole effect where the last layer is linear, and find
+the route a hand-built composer sends the key along."""
+
+import pytest
+import torch
+
+from handmade import TASK, composer
+from models import hooked
+from models.task import ROLES, AnchorTask
+from probes.paths import ROUTES, path_effects, path_pairs, path_patching, senders
+
+
+def linear_last_layer_model():
+    """Random weights (layer 0 untouched: attention and ReLU MLP), but a last layer that is
+    linear in its input: no LayerNorm, an attention pattern fixed by position (zero queries
+    and keys: uniform over the past) and an MLP that ignores its input."""
+    model = hooked.build(0.3, n_layers=2, seed=4, normalization_type=None)
+    gen = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        last = model.blocks[-1]
+        last.attn.W_Q.zero_()
+        last.attn.W_K.zero_()
+        last.mlp.W_in.zero_()
+        last.mlp.b_in.copy_(torch.randn(last.mlp.b_in.shape, generator=gen))  # a constant the MLP adds
+        model.blocks[0].mlp.b_in.copy_(0.3 * torch.randn(model.blocks[0].mlp.b_in.shape, generator=gen))
+    return model
+
+
+@pytest.mark.parametrize("kind", ["change_key", "change_anchors"])
+def test_paths_add_up_to_the_whole_effect_when_the_last_layer_is_linear(kind):
+    model, task = linear_last_layer_model(), AnchorTask()
+    result = path_effects(model, path_pairs(task, kind, 64, seed=1))  # an untrained model: its own answers, whatever they are
+    assert result.effect.shape == (len(senders(model)), len(ROLES), result.total.shape[0]) and len(result.total) >= 16
+    assert (result.effect.abs().mean(-1) > 1e-3).sum() >= 3  # several paths carry something: the sum is not trivial
+    # pair by pair, the paths' effects sum to the clean-minus-corrupted logit difference
+    torch.testing.assert_close(result.effect.sum((0, 1)), result.total, rtol=1e-4, atol=1e-4)
+    assert abs(result.interaction) < 1e-4
+
+
+def test_composer_sends_the_key_through_the_first_anchor():
+    result = path_patching(composer(), TASK, n=48, kinds=("change_key",)).results[0]
+    routes = result.route_shares()
+    assert routes[ROUTES["anchor1"]] > 0.95  # the intermediate y, computed at a1, read by layer 1
+    assert abs(routes[ROUTES["key"]]) < 0.05 and abs(routes[ROUTES["last"]]) < 0.05
+    share = dict(zip(result.senders, result.share[:, ROLES.index("anchor1")].tolist()))
+    assert share["L0 mlp_out"] > 0.95  # written by the MLP there (attention only brought x)
+
+
+def test_pairs_avoid_the_special_pairs_and_the_last_key_position():
+    task = AnchorTask()
+    for kind in ("change_key", "change_anchors"):
+        pairs = path_pairs(task, kind, 200, seed=2)
+        for batch in (pairs.clean, pairs.corrupted):
+            assert (batch.key_pos < task.n_key_positions - 1).all()
+            for pair in zip(batch.anchor1.tolist(), batch.anchor2.tolist()):
+                assert pair not in (task.trap_pair, task.held_out_pair)
+    with pytest.raises(ValueError, match="unknown path-patching pair kind"):
+        path_pairs(task, "swap_order")
