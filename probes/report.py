@@ -10,11 +10,13 @@ from models.hooked import HookedTransformer
 from models.task import AnchorTask
 from probes.ablation import ablate, ablation_sweep
 from probes.composition import composition_test
+from probes.das import DIMS, das
 from probes.figures import fit_titles, notice
 from probes.patching import make_pairs, order_probe, patch_sweep
+from probes.paths import path_patching
 from probes.sites import Site
 
-PROBES = ("ablation", "patching", "order", "composition")
+PROBES = ("ablation", "patching", "order", "composition", "das", "paths")
 
 
 def run_probe(
@@ -27,13 +29,17 @@ def run_probe(
     ablation: str = "mean",
     sites: Sequence[str | Site] = (),
     pairs: str = "change_key",
+    dims: Sequence[int] = DIMS,
     progress: bool = True,
 ):
-    """Run one probe with its defaults; the result has .summary() and .figure().
+    """Run one probe with its defaults; the result has .summary() and .figure() (das and
+    paths also .to_dict(), a JSON-ready summary).
 
     ablation: the sweep over every site, or the `sites` ablated together; patching: the
     sweep over prompt pairs of kind `pairs`; order: the order probe; composition: the
-    composition test."""
+    composition test; das: distributed alignment search at every stream point x role, or at
+    `sites` (KIND:LAYER@ROLE), with 2n training and n/2 held-out pairs, k in `dims`; paths:
+    path patching with n pairs of each kind."""
     if name == "ablation":
         if sites:
             return ablate(model, [s if isinstance(s, Site) else Site.parse(s) for s in sites], ablation, task, n, seed, key_pos)
@@ -44,6 +50,12 @@ def run_probe(
         return order_probe(model, task, n, seed, key_pos=key_pos, progress=progress)
     if name == "composition":
         return composition_test(model, task, n, seed, key_pos=key_pos, progress=progress)
+    if key_pos is not None and name in ("das", "paths"):
+        raise ValueError(f"the {name} probe uses every key position (paths: all but the last); --key-pos is for the others")
+    if name == "das":
+        return das(model, task, sites=list(sites) or None, dims=dims, n_train=2 * n, n_test=max(n // 2, 1), seed=seed, progress=progress)
+    if name == "paths":
+        return path_patching(model, task, n, seed)
     raise ValueError(f"unknown probe {name!r}; known: {', '.join(PROBES)}")
 
 

@@ -106,3 +106,23 @@ def test_fit_basis_matches_transformer_lens_4_fit_das(tmp_path):
     ours = fit_basis(run, problem["targets"], problem["d"], problem["rank"], problem["epochs"], problem["batch_size"], problem["lr"], problem["seed"])
     torch.testing.assert_close(ours, theirs["basis"], rtol=0, atol=1e-4)
     assert theirs["accuracy"] >= 0.9  # and the basis does the job
+
+
+def test_cli_prints_the_summary_as_the_last_line_of_json(tmp_path, capsys):
+    import json
+
+    from handmade import composer, save
+    from interp.cli import main
+
+    save(scalar_composer(), tmp_path / "scalar")
+    out = tmp_path / "das.html"
+    assert main(["probe", "das", str(tmp_path / "scalar"), "--site", "mlp_out:0@anchor1", "--dims", "1,2", "-n", "96", "--json", "--quiet", "--out", str(out)]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["site"] == "L0 mlp_out @ anchor1" and summary["dims"] in (1, 2) and 0 <= summary["iia"] <= 1
+    assert {"lookup_iia", "lookup_site", "train_iia"} <= set(summary) and out.is_file()
+    save(composer(), tmp_path / "composer")
+    assert main(["probe", "paths", str(tmp_path / "composer"), "-n", "32", "--json", "--quiet"]) == 0
+    paths = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert set(paths) == {"change_key", "change_anchors"} and paths["change_key"]["routes"]["via the anchor positions"] > 0.9
+    assert main(["probe", "order", str(tmp_path / "composer"), "--json", "--quiet"]) == 2  # --json is for das and paths
+    assert main(["probe", "das", str(tmp_path / "scalar"), "--site", "mlp_out:0"]) == 2
