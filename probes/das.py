@@ -134,7 +134,7 @@ def das_data(model: HookedTransformer, task: AnchorTask, n_train: int = 1024, n_
     recombined one, held out (held_out_pairs). Held-out pairs: both keys held out and the base's
     or the source's pair held out. Only pairs the model answers correctly, both prompts."""
     held = held_out_pairs(task)
-    pool = composition_pairs(task, 8 * (n_train + n_test), seed)
+    pool = composition_pairs(task, max(8 * (n_train + n_test), 64 * n_test), seed)  # ~3% of draws are held-out pairs
     a, b = pool.clean, pool.corrupted
     right = (last_logits_with(model, a.tokens, []).argmax(-1) == a.label) & (last_logits_with(model, b.tokens, []).argmax(-1) == b.label)
 
