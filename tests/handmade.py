@@ -88,6 +88,17 @@ def _query_one(model, layer: int, head: int, lay: Layout):
     attn.W_Q[head, lay.ONE, 0] = SHARP * attn.attn_scale
 
 
+def _second_anchor_flag(mlp, unit: int, task: AnchorTask, lay: Layout) -> int:
+    """MLP units that set F2 at an anchor after an anchor (the second one); the next free unit."""
+    for b in task.anchors:
+        for a in task.anchors:
+            mlp.W_in[lay.PREV + b, unit] = mlp.W_in[lay.TOK + a, unit] = 1.0
+            mlp.b_in[unit] = -1.0
+            mlp.W_out[unit, lay.F2] = 1.0
+            unit += 1
+    return unit
+
+
 def _unembed(model, task: AnchorTask, lay: Layout):
     V = task.vocab_size
     model.unembed.W_U[lay.OUT : lay.OUT + V, :V] = 10 * torch.eye(V)
@@ -112,12 +123,7 @@ def composer(task: AnchorTask = TASK):
             if a == task.trap_pair[0]:
                 mlp.W_out[unit, lay.F3] = 1.0
             unit += 1
-    for b in task.anchors:  # an anchor after an anchor: the second one
-        for a in task.anchors:
-            mlp.W_in[lay.PREV + b, unit] = mlp.W_in[lay.TOK + a, unit] = 1.0
-            mlp.b_in[unit] = -1.0
-            mlp.W_out[unit, lay.F2] = 1.0
-            unit += 1
+    unit = _second_anchor_flag(mlp, unit, task, lay)
     # layer 1: head 0 brings y (and the trap flag) from a1, head 1 the token at a2
     _query_one(model, 1, 0, lay)
     _flag_head(model, 1, 0, lay.F1, [(lay.Y, lay.Y2, V), (lay.F3, lay.F3B, 1)])
@@ -223,12 +229,7 @@ def scalar_composer(task: AnchorTask = TASK):
             mlp.W_out[unit, lay.Y] = (x + task.shift(a)) / Y_UNIT
             mlp.W_out[unit, lay.F1] = 1.0
             unit += 1
-    for b in task.anchors:  # an anchor after an anchor: the second one
-        for a in task.anchors:
-            mlp.W_in[lay.PREV + b, unit] = mlp.W_in[lay.TOK + a, unit] = 1.0
-            mlp.b_in[unit] = -1.0
-            mlp.W_out[unit, lay.F2] = 1.0
-            unit += 1
+    unit = _second_anchor_flag(mlp, unit, task, lay)
     _query_one(model, 1, 0, lay)
     _flag_head(model, 1, 0, lay.F1, [(lay.Y, lay.U, 1)])
     _query_one(model, 1, 1, lay)
