@@ -37,7 +37,7 @@ ONE_SITE = "attn_out:0@anchor2"
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1: on 2 shared cores more threads than free cores make every op wait)")
     parser.add_argument("--models", nargs="+", default=["inferential", "symmetric"])
     parser.add_argument("--no-grid", dest="grid", action="store_false", help="skip the full grid (b)")
     args = parser.parse_args()

@@ -52,6 +52,7 @@ from jaxtyping import Float, Int
 from torch import Tensor, nn
 from torch.nn.utils import parametrizations
 from tqdm.auto import tqdm
+from transformer_lens.utilities import get_act_name
 
 from models.hooked import HookedTransformer, check_model_fits_task
 from models.task import AnchorBatch, AnchorTask
@@ -59,7 +60,7 @@ from models.train import uses_fused_forward
 from probes.composition import OUTCOMES, composition_pairs, composition_rows, outcome_answers
 from probes.figures import heatmaps
 from probes.patching import PromptPairs
-from probes.sites import Site, cache_of, last_logits_with, readout, resid_pre_cache
+from probes.sites import Site, cache_of, last_logits_with, readout
 
 # causal variable -> the composition-test outcome whose answer interchanging it predicts
 VARIABLES: dict[str, str] = {"y1": "compositional", "pair": "pair_only"}
@@ -189,88 +190,93 @@ def interchange_logits(
     model: HookedTransformer,
     where: DasSite,
     positions: Int[Tensor, " batch"],
-    base_start: Float[Tensor, "batch pos d_model"],
+    base: dict[str, Float[Tensor, "batch pos d_model"]],
     source: Float[Tensor, "batch d"],
     basis: Float[Tensor, "d k"],
 ) -> Float[Tensor, "batch d_vocab"]:
-    """Last-position logits of the base run (started at the site's layer from its cached
-    residual stream `base_start`) with `where` at `positions` interchanged along `basis` with
-    `source`. Differentiable in `basis`."""
+    """Last-position logits of the base runs with `where` at `positions` interchanged along
+    `basis` with `source`. `base` holds the base runs' activations at the site's layer
+    (base_activations). Differentiable in `basis`."""
     rows = torch.arange(len(positions))
+    layer, kind = where.site.layer, where.site.kind
+    if not uses_fused_forward(model.cfg):  # an architecture the short forward below does not cover: the hooked one
 
-    def patch(activation: Float[Tensor, "batch pos d"]) -> Float[Tensor, "batch pos d"]:
-        at = positions - (base_start.shape[1] - activation.shape[1])  # a last-position-only tensor has 1 position
-        hit = at >= 0  # a position the tensor no longer holds cannot reach the answer
-        base = activation[rows[hit], at[hit]]  # [hit, d]
-        patched = activation.clone()
-        patched[rows[hit], at[hit]] = interchange(base, source[hit], basis)
-        return patched
+        def hook(activation: Tensor, hook) -> Tensor:
+            patched = activation.clone()
+            patched[rows, positions] = interchange(activation[rows, positions], source, basis)
+            return patched
 
-    if not uses_fused_forward(model.cfg):  # an architecture the short forward below does not cover
-        resid = model.run_with_hooks(base_start, start_at_layer=where.site.layer, stop_at_layer=model.cfg.n_layers,
-                                     fwd_hooks=[(where.site.hook_name, lambda activation, hook: patch(activation))])
+        resid = model.run_with_hooks(base[get_act_name("resid_pre", layer)], start_at_layer=layer, stop_at_layer=model.cfg.n_layers,
+                                     fwd_hooks=[(where.site.hook_name, hook)])
         return readout(model, resid[:, -1:])[:, 0]
-    return _last_logits_from(model, base_start, where.site, patch)
+
+    def at(name: str) -> Float[Tensor, "batch d_model"]:
+        return base[get_act_name(name, layer)][rows, positions]
+
+    if kind == "resid_pre":  # the other positions' attention reads it: the whole layer again
+        resid = base[where.site.hook_name].clone()  # [batch, pos, d_model]
+        resid[rows, positions] = interchange(at(kind), source, basis)
+        return _last_logits_from(model, resid, layer)
+    # Past the attention only the patched position changes in this layer: its MLP alone is
+    # recomputed, the rest of the layer is the base run's.
+    block = model.blocks[layer]
+    if kind in ("attn_out", "resid_mid"):
+        mid = at("resid_mid") + interchange(at("attn_out"), source, basis) - at("attn_out") if kind == "attn_out" else interchange(at(kind), source, basis)
+        post = mid + block.mlp(block.ln2(mid[:, None]))[:, 0]  # [batch, d_model]
+    elif kind == "mlp_out":
+        post = at("resid_mid") + interchange(at(kind), source, basis)
+    else:
+        post = interchange(at(kind), source, basis)
+    resid = base[get_act_name("resid_post", layer)].clone()  # [batch, pos, d_model]
+    resid[rows, positions] = post
+    return _last_logits_from(model, resid, layer + 1)
 
 
-def _last_logits_from(
-    model: HookedTransformer,
-    resid: Float[Tensor, "batch pos d_model"],
-    site: Site,
-    patch: Callable[[Tensor], Tensor],
-) -> Float[Tensor, "batch d_vocab"]:
+def _last_logits_from(model: HookedTransformer, resid: Float[Tensor, "batch pos d_model"], first_layer: int) -> Float[Tensor, "batch d_vocab"]:
     """The blocks of a standard pre-LN HookedTransformer (the configs models.train's fused
-    forward covers) from `site.layer` on, with `patch` applied where `site`'s hook sits, and
-    the final layer's MLP at the last position only, the one the task reads: a third less work
-    than the hooked forward for each of DAS's thousands of steps (tested equal to it)."""
+    forward covers) from `first_layer` on, the final layer's MLP at the last position only
+    (the one the task reads), and the logits there (tested equal to the hooked forward)."""
     n_layers = model.cfg.n_layers
-    for layer in range(site.layer, n_layers):
-        block, here = model.blocks[layer], layer == site.layer
-        if here and site.kind == "resid_pre":
-            resid = patch(resid)
+    for layer in range(first_layer, n_layers):
+        block = model.blocks[layer]
         normed = block.ln1(resid)  # [batch, pos, d_model]
         attn_out = block.attn(normed, normed, normed)  # [batch, pos, d_model]
         if layer == n_layers - 1:
             resid, attn_out = resid[:, -1:], attn_out[:, -1:]  # [batch, 1, d_model]
-        if here and site.kind == "attn_out":
-            attn_out = patch(attn_out)
         resid = resid + attn_out
-        if here and site.kind == "resid_mid":
-            resid = patch(resid)
-        mlp_out = block.mlp(block.ln2(resid))
-        if here and site.kind == "mlp_out":
-            mlp_out = patch(mlp_out)
-        resid = resid + mlp_out
-        if here and site.kind == "resid_post":
-            resid = patch(resid)
+        resid = resid + block.mlp(block.ln2(resid))
     return readout(model, resid[:, -1:])[:, 0]
 
 
 @dataclass
 class _Prepared:
-    """One split's cached inputs at one site: where each base run starts and the sources."""
+    """One split's cached inputs at one site."""
 
     positions: Int[Tensor, " pair"]
-    base_start: Float[Tensor, "pair pos d_model"]
+    base: dict[str, Float[Tensor, "pair pos d_model"]]  # the base runs' stream points at the site's layer
     source: Float[Tensor, "pair d"]
 
+    def batch(self, index: Tensor) -> tuple[Tensor, dict[str, Tensor], Tensor]:
+        return self.positions[index], {name: act[index] for name, act in self.base.items()}, self.source[index]
 
-SplitRuns = tuple[PromptPairs, dict[str, Tensor], dict[int, Tensor]]  # pairs, source activations by hook, base resid_pre by layer
+
+SplitRuns = tuple[PromptPairs, dict[str, Tensor], dict[str, Tensor]]  # pairs, source and base activations by hook
 
 
 def split_runs(model: HookedTransformer, pairs: PromptPairs) -> SplitRuns:
-    """The runs every site of one split reads: the sources at every stream point, the bases'
-    residual stream entering every layer."""
-    names = {row.hook_name for row in composition_rows(model)}
-    return pairs, cache_of(model, pairs.clean.tokens, names), resid_pre_cache(model, pairs.corrupted.tokens)
+    """The runs every site of one split reads: sources and bases at every stream point of
+    every layer."""
+    names = {get_act_name(kind, layer) for kind in STREAM_KINDS for layer in range(model.cfg.n_layers)}
+    return pairs, cache_of(model, pairs.clean.tokens, names), cache_of(model, pairs.corrupted.tokens, names)
 
 
 def _prepare(runs: SplitRuns, where: DasSite) -> _Prepared:
     """One split's inputs at `where`."""
-    pairs, source_cache, base_starts = runs
+    pairs, source_cache, base_cache = runs
     positions = role_positions(pairs.corrupted, where.role)  # aligned pairs: the same position in the source
     rows = torch.arange(len(positions))
-    return _Prepared(positions, base_starts[where.site.layer], source_cache[where.site.hook_name][rows, positions])
+    base = {get_act_name(kind, where.site.layer): base_cache[get_act_name(kind, where.site.layer)] for kind in STREAM_KINDS}
+    return _Prepared(positions, base, source_cache[where.site.hook_name][rows, positions])
 
 
 def fit_basis(
@@ -318,7 +324,8 @@ def fit_subspace(
     `answer`, with the model's weights frozen (fit_basis)."""
 
     def run(basis: Tensor, batch: Tensor) -> Tensor:
-        return interchange_logits(model, where, train.positions[batch], train.base_start[batch], train.source[batch], basis)
+        positions, base, source = train.batch(batch)
+        return interchange_logits(model, where, positions, base, source, basis)
 
     frozen = [p for p in model.parameters() if p.requires_grad]
     for p in frozen:
@@ -333,7 +340,7 @@ def fit_subspace(
 @torch.inference_mode()
 def iia(model: HookedTransformer, where: DasSite, data: _Prepared, answer: Int[Tensor, " pair"], basis: Float[Tensor, "d k"]) -> float:
     """Interchange-intervention accuracy: the fraction of pairs answering `answer` once patched."""
-    logits = interchange_logits(model, where, data.positions, data.base_start, data.source, basis)
+    logits = interchange_logits(model, where, data.positions, data.base, data.source, basis)
     return (logits.argmax(-1) == answer).float().mean().item()
 
 

@@ -12,8 +12,8 @@ import torch
 from handmade import TASK, lookup, scalar_composer
 from models.task import AnchorTask
 from probes.composition import composition_pairs, composition_rows
-from probes.das import DasSite, das, fit_basis, interchange, interchange_logits, role_positions
-from probes.sites import cache_of, last_logits_with, resid_pre_cache
+from probes.das import DasSite, _prepare, das, fit_basis, interchange, interchange_logits, split_runs
+from probes.sites import cache_of, last_logits_with
 from test_hooks import CONFIGS, random_model
 
 SMALL = dict(n_train=192, n_test=48, epochs=15, batch_size=32, lr=0.05, progress=False)  # ~90 steps
@@ -41,24 +41,24 @@ def test_lookup_model_has_no_intermediate():
     assert result.iia.max() < 0.2
 
 
-@pytest.mark.parametrize("config", CONFIGS)
+@pytest.mark.parametrize("config", [*CONFIGS, "SiLU MLP (the hooked path)"])
 def test_interchanging_every_direction_equals_patching_the_whole_activation(config):
     """With a full basis the interchange IS the composition test's whole-activation patch: the
-    short forward must give the hooked forward's logits at every stream point and role."""
-    model, task = random_model(**CONFIGS[config]), AnchorTask()
+    short forward (and the hooked one, for an architecture it does not cover) must give the
+    hooked forward's logits at every stream point and role."""
+    arch = CONFIGS.get(config, dict(n_layers=2, act_fn="silu"))
+    model, task = random_model(**arch), AnchorTask()
     pairs = composition_pairs(task, 24, seed=3, key_pos=2)
-    source, base = pairs.clean.tokens, pairs.corrupted.tokens
-    rows = composition_rows(model)
-    source_cache = cache_of(model, source, {row.hook_name for row in rows})
-    start = resid_pre_cache(model, base)
+    runs = split_runs(model, pairs)
     everything = torch.eye(model.cfg.d_model)  # [d_model, d_model]
-    for row in rows:
+    for row in composition_rows(model):
+        source = cache_of(model, pairs.clean.tokens, {row.hook_name})[row.hook_name]
         for role in ("key", "anchor2", "last"):
-            positions = role_positions(pairs.corrupted, role)
-            pos = int(positions[0])
-            expected = last_logits_with(model, base, [(row.at(pos), source_cache[row.hook_name])])
+            where = DasSite(row, role)
+            data = _prepare(runs, where)
+            expected = last_logits_with(model, pairs.corrupted.tokens, [(row.at(int(data.positions[0])), source)])
             with torch.no_grad():
-                got = interchange_logits(model, DasSite(row, role), positions, start[row.layer], source_cache[row.hook_name][:, pos], everything)
+                got = interchange_logits(model, where, data.positions, data.base, data.source, everything)
             torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4, msg=f"{row} @ {role}")
 
 
