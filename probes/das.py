@@ -30,7 +30,7 @@ Training: cross-entropy of the patched last-position logits against the causal m
 answer, on pairs whose keys and anchor pairs are not held out; the model's weights are frozen,
 only the basis learns (torch's orthogonal parametrization keeps it orthonormal). Reported:
 interchange-intervention accuracy (IIA), the fraction of HELD-OUT pairs (both keys held out,
-and the base's or the source's anchor pair held out) whose patched argmax is the causal
+and the base's, the source's or the recombined anchor pair held out) whose patched argmax is the causal
 model's answer. Only pairs the model answers correctly (base and source) count.
 
 On TransformerLens 4 the same fit is `transformer_lens.tools.analysis.fit_das`; this is a
@@ -132,8 +132,8 @@ class DasData:
 
 def das_data(model: HookedTransformer, task: AnchorTask, n_train: int = 1024, n_test: int = 256, seed: int = 0) -> DasData:
     """Training pairs: neither key held out (HELD_OUT_KEY_MODULUS) and no prompt's pair, nor the
-    recombined one, held out (held_out_pairs). Held-out pairs: both keys held out and the base's
-    or the source's pair held out. Only pairs the model answers correctly, both prompts."""
+    recombined one, held out (held_out_pairs). Held-out pairs: both keys held out and at least
+    one of those three anchor pairs held out. Only pairs the model answers correctly, both prompts."""
     held = held_out_pairs(task)
     pool = composition_pairs(task, max(8 * (n_train + n_test), 64 * n_test), seed)  # ~3% of draws are held-out pairs
     a, b = pool.clean, pool.corrupted
