@@ -121,8 +121,9 @@ def test_cli_prints_the_summary_as_the_last_line_of_json(tmp_path, capsys):
     assert summary["site"] == "L0 mlp_out @ anchor1" and summary["dims"] in (1, 2) and 0 <= summary["iia"] <= 1
     assert {"lookup_iia", "lookup_site", "train_iia"} <= set(summary) and out.is_file()
     save(composer(), tmp_path / "composer")
-    assert main(["probe", "paths", str(tmp_path / "composer"), "-n", "32", "--json", "--quiet"]) == 0
+    assert main(["probe", "paths", str(tmp_path / "composer"), "-n", "32", "--json", "--quiet", "--out", str(tmp_path / "paths.html")]) == 0
     paths = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert set(paths) == {"change_key", "change_anchors"} and paths["change_key"]["routes"]["via the anchor positions"] > 0.9
+    assert (tmp_path / "paths.html").is_file()
     assert main(["probe", "order", str(tmp_path / "composer"), "--json", "--quiet"]) == 2  # --json is for das and paths
     assert main(["probe", "das", str(tmp_path / "scalar"), "--site", "mlp_out:0"]) == 2
