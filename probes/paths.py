@@ -91,7 +91,9 @@ class PathResult:
     senders: list[str]
     effect: Float[Tensor, "sender role pair"]  # LD with the path patched - LD corrupted
     total: Float[Tensor, " pair"]  # LD clean - LD corrupted: everything patched
-    n_dropped: int  # pairs left out: the model answers a prompt wrongly
+    n_dropped: int  # pairs left out: the model does not give the answers compared
+    pairs: PromptPairs  # the pairs kept
+    answers: tuple[Tensor, Tensor]  # LD = logit(answers[0]) - logit(answers[1]), per pair
 
     @property
     def share(self) -> Float[Tensor, "sender role"]:
@@ -169,7 +171,7 @@ def path_effects(model: HookedTransformer, pairs: PromptPairs, answers: tuple[Te
         raise ValueError("path patching needs prompts whose second anchor is not the last position (key position below the last)")
     effect = einops.einsum(per_position, roles, "sender pos pair, pair pos role -> sender role pair")
     total = logit_diff(clean_logits[keep], clean_answer, corrupted_answer) - base
-    return PathResult(pairs.kind, [sender_label(s) for s in rows], effect, total, int((~keep).sum()))
+    return PathResult(pairs.kind, [sender_label(s) for s in rows], effect, total, int((~keep).sum()), pairs, (clean_answer, corrupted_answer))
 
 
 def path_patching(model: HookedTransformer, task: AnchorTask = AnchorTask(), n: int = 512, seed: int = 0,

@@ -56,3 +56,36 @@ def test_pairs_avoid_the_special_pairs_and_the_last_key_position():
                 assert pair not in (task.trap_pair, task.held_out_pair)
     with pytest.raises(ValueError, match="unknown path-patching pair kind"):
         path_pairs(task, "swap_order")
+
+
+def test_a_path_into_the_last_layer_is_its_keys_and_values_at_that_position():
+    """The sender's change added to the last layer's input at a position other than the last
+    reaches the answer only through that layer's keys and values there: the same as patching
+    TransformerLens' split key and value inputs (use_split_qkv_input) at that position alone."""
+    from test_hooks import random_model
+
+    from probes.patching import logit_diff
+    from probes.sites import cache_of
+
+    model = random_model(n_layers=2)
+    result = path_effects(model, path_pairs(AnchorTask(), "change_key", 48, seed=3))
+    pairs, (answer, other) = result.pairs, result.answers
+    hook = "blocks.0.hook_attn_out"
+    delta = cache_of(model, pairs.clean.tokens, {hook})[hook] - cache_of(model, pairs.corrupted.tokens, {hook})[hook]  # [pair, pos, d_model]
+    rows, at = torch.arange(len(pairs)), pairs.corrupted.key_pos + 1  # the first anchor's position
+
+    def add_delta(activation, hook):  # [pair, pos, head, d_model]
+        activation[rows, at] += delta[rows, at][:, None]
+        return activation
+
+    model.cfg.use_split_qkv_input = True
+    try:
+        with torch.no_grad():
+            corrupted = model(pairs.corrupted.tokens)[:, -1]
+            patched = model.run_with_hooks(pairs.corrupted.tokens, fwd_hooks=[("blocks.1.hook_k_input", add_delta), ("blocks.1.hook_v_input", add_delta)])[:, -1]
+    finally:
+        model.cfg.use_split_qkv_input = False
+    expected = logit_diff(patched, answer, other) - logit_diff(corrupted, answer, other)
+    got = result.effect[result.senders.index("L0 attn_out"), ROLES.index("anchor1")]
+    assert expected.abs().max() > 1e-3  # the path does something
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
