@@ -198,18 +198,23 @@ def _run_report(args: argparse.Namespace) -> None:
 
 
 def _add_probe(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("probe", help="a causal probe of one model: ablation, patching, order, composition",
+    from probes.report import PROBES
+
+    p = sub.add_parser("probe", help="a causal probe of one model: " + ", ".join(PROBES),
                        description="Run a causal probe, print its summary and optionally write its figure as self-contained HTML.")
-    p.add_argument("name", choices=("ablation", "patching", "order", "composition"), help="which probe")
+    p.add_argument("name", choices=PROBES, help="which probe (das: distributed alignment search; paths: path patching)")
     p.add_argument("model", help="checkpoint folder or shipped name")
     p.add_argument("--out", help="write the figure to this HTML file")
-    p.add_argument("-n", type=int, default=512, help="prompts (pairs) per run (default %(default)s)")
+    p.add_argument("-n", type=int, default=512, help="prompts (pairs) per run; das: 2n training and n/2 held-out pairs (default %(default)s)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--key-pos", type=int, default=None, help="only prompts with the key at this position (default: all)")
     p.add_argument("--ablation", default="mean", help="zero, mean or resample (default %(default)s)")
     p.add_argument("--site", action="append", default=[], metavar="KIND:LAYER[:pos=P][:head=H]",
-                   help="ablation: ablate these sites together instead of sweeping every site (repeatable)")
-    p.add_argument("--pairs", default="change_key", help="patching: swap_order, change_anchor1, change_anchor2, change_key or move_key (default %(default)s)")
+                   help="ablation: ablate these sites together instead of sweeping every site; das: search only these "
+                        "sites, written KIND:LAYER@ROLE, e.g. attn_out:0@anchor2 (repeatable)")
+    p.add_argument("--dims", type=_int_list, default=None, metavar="K1,K2,...", help="das: subspace sizes to try (default 1,2,4,8,16)")
+    p.add_argument("--json", action="store_true", help="das, paths: also print the summary as one JSON line (last line)")
+    p.add_argument("--pairs", default="change_key", help="patching: swap_order, change_anchor1, change_anchor2, change_anchors, change_key or move_key (default %(default)s)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(run=_run_probe)
 
@@ -220,13 +225,28 @@ def _run_probe(args: argparse.Namespace) -> None:
     from probes.figures import write_html
     from probes.report import run_probe
 
+    import json
+
+    from probes.das import DIMS
+
     if args.out:
         output_file(args.out)  # a bad --out is refused before the probe runs
+    if args.json and args.name not in ("das", "paths"):
+        raise ValueError(f"--json is for the das and paths probes, not {args.name}")
     result = run_probe(args.name, models.load(args.model), models.hooked.task_of(args.model), n=args.n, seed=args.seed, key_pos=args.key_pos,
-                       ablation=args.ablation, sites=args.site, pairs=args.pairs, progress=not args.quiet)
+                       ablation=args.ablation, sites=args.site, pairs=args.pairs, dims=args.dims or DIMS, progress=not args.quiet)
     print(result.summary())
     if args.out:
         print(f"figure written to {write_html(result.figure(), args.out)}")
+    if args.json:
+        print(json.dumps(result.to_dict()))
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, e.g. 1,4,16, got {text!r}") from None
 
 
 def _add_seeds(sub: argparse._SubParsersAction) -> None:

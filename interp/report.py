@@ -257,6 +257,24 @@ HOW_TO_READ: dict[str, str] = {
         "ablation; each panel's title gives it before (intact). seen: trained pairs answered with their label; "
         "inferential: (4,3) answered x-10; symmetric: (4,3) answered x-6. A cell far below the intact value = the "
         "site is needed.",
+    "Causal probes: DAS": "Distributed alignment search: at one site (a stream point at one role's position) DAS "
+        "learns k orthonormal directions whose coordinates, swapped from prompt A into prompt B (key, a1 and a2 all "
+        "different), make B answer as a causal model says. y1: the composition's intermediate g(x; a1) is swapped, "
+        "so B should answer g(y1_A; a2_B); pair offset: the lookup's offset of the anchor pair is swapped, so B should "
+        "answer x_B + label(A's pair). IIA (interchange-intervention accuracy) = the fraction of held-out pairs "
+        "(held-out keys and anchor pairs) answering so; train = on the training pairs. Searched here: the composition "
+        "test's most compositional and most pair_only sites, k in 4 and 16 (every site and k: anchor-interp probe das "
+        "MODEL). Reading: a composing model has a small subspace carrying y1 (IIA near 1 with k of 16 or fewer, of "
+        "d_model), where the lookup variable fails; a lookup model has no y1 subspace anywhere (IIA near 0) and "
+        "carries the fused pair offset at the last position instead.",
+    "Causal probes: path patching": "One sender (the embedding, layer 0's attention or its MLP) at the positions of "
+        "one role is patched from the clean into the corrupted run, into the last layer's input there only: its keys "
+        "and values for the last position's attention, or the whole last layer at the last position. Each number is "
+        "the share of the answer that route carries alone (normalised logit difference, 1 = all of it), summed over "
+        "the senders: via the anchor positions (layer 0 moved it there, layer 1 reads it there: composition), read by "
+        "the last layer at the key position itself, moved to the last position in layer 0 (the lookup's fused "
+        "anchors), noise. sum = all routes, 1 when the paths do not interact. Key position 6 is left out (the second "
+        "anchor is the last position there).",
     "Sweep": "One model trained per grid cell. Label: classify's (unfit when the seen-pair accuracy on test keys is "
         "below 0.9, else the more frequent answer on (4,3): inferential x-10, symmetric x-6, or other); x-10 and "
         "x-6 are the (4,3) accuracies on test keys, averaged over seeds (error bars and +- are their spread).",

@@ -68,7 +68,7 @@ def composition_pairs(task: AnchorTask, n: int = 512, seed: int = 0, keys: KeySp
     pick = usable_t[torch.randint(len(usable), (len(target),), generator=gen)]
     a1, a2 = pick[:, 0], pick[:, 1]
     x = torch.randint(task.key_min, task.key_max + 1, (len(target),), generator=gen)
-    predicted = _predictions(task, x, a1, a2, target.key, target.anchor1, target.anchor2)  # [6, batch]
+    predicted = outcome_answers(task, x, a1, a2, target.key, target.anchor1, target.anchor2)  # [6, batch]
     recombined_usable = (torch.stack([a1, target.anchor2], 1)[:, None] == usable_t).all(-1).any(-1)
     n_out = len(predicted)
     distinct = torch.stack([predicted[i] != predicted[j] for i in range(n_out) for j in range(i + 1, n_out)]).all(0)
@@ -83,7 +83,7 @@ def composition_pairs(task: AnchorTask, n: int = 512, seed: int = 0, keys: KeySp
     return PromptPairs(task.prompts(tokens), target, "composition")
 
 
-def _predictions(task: AnchorTask, x_a, a1_a, a2_a, x_b, a1_b, a2_b) -> Int[Tensor, "outcome batch"]:
+def outcome_answers(task: AnchorTask, x_a, a1_a, a2_a, x_b, a1_b, a2_b) -> Int[Tensor, "outcome batch"]:
     """The answer each outcome but 'other' predicts for B patched from A (OUTCOMES order)."""
     n = max(task.anchors) + 1
     single, composite, label = torch.zeros(n, dtype=torch.long), torch.zeros(n, n, dtype=torch.long), torch.zeros(n, n, dtype=torch.long)
@@ -184,7 +184,7 @@ def composition_test(
         raise ValueError(f"the composition test is undefined: the model answers none of the {n} prompt pairs correctly (both A and B)")
     pairs = pairs.subset(right)
     a, b = pairs.clean, pairs.corrupted
-    predicted = _predictions(task, a.key, a.anchor1, a.anchor2, b.key, b.anchor1, b.anchor2)  # [outcome, pair]
+    predicted = outcome_answers(task, a.key, a.anchor1, a.anchor2, b.key, b.anchor1, b.anchor2)  # [outcome, pair]
     rows = composition_rows(model)
     outcome = torch.empty(len(rows), b.tokens.shape[1], len(pairs), dtype=torch.long)
     for r, pos, logits in sweep_logits(model, b.tokens, sources_of(model, a.tokens, rows), "composition test", progress):

@@ -36,7 +36,7 @@ from models.task import AnchorBatch, AnchorTask, KeySplit
 from probes.figures import heatmaps
 from probes.sites import Site, by_role, columns, last_logits_with, sources_of, sweep_logits, sweep_rows
 
-PAIR_KINDS = ("swap_order", "change_anchor1", "change_anchor2", "change_key", "move_key")
+PAIR_KINDS = ("swap_order", "change_anchor1", "change_anchor2", "change_anchors", "change_key", "move_key")
 DEFAULT_KINDS = ("resid_pre", "resid_mid", "attn_out", "mlp_out", "z")
 
 
@@ -123,6 +123,7 @@ def make_pairs(
     swap_order      (a1, a2) -> (a2, a1)          change_key   key x -> another key
     change_anchor1  a1 -> another anchor           move_key     key and anchors to another position
     change_anchor2  a2 -> another anchor                        (noise kept where both prompts have noise)
+    change_anchors  a1 and a2 -> other anchors, each
 
     `pairs` are the clean prompts' anchor pairs (default: all; for swap_order, all with two
     different anchors), `keys` their key split, kept by the corruption."""
@@ -141,9 +142,11 @@ def make_pairs(
     rows, at = torch.arange(len(clean)), clean.key_pos
     if kind == "swap_order":
         tokens[rows, at + 1], tokens[rows, at + 2] = clean.anchor2, clean.anchor1
-    elif kind in ("change_anchor1", "change_anchor2"):
-        slot = 1 if kind == "change_anchor1" else 2
-        tokens[rows, at + slot] = _other_anchor(task, clean.anchor1 if slot == 1 else clean.anchor2, gen)
+    elif kind in ("change_anchor1", "change_anchor2", "change_anchors"):
+        if kind != "change_anchor2":
+            tokens[rows, at + 1] = _other_anchor(task, clean.anchor1, gen)
+        if kind != "change_anchor1":
+            tokens[rows, at + 2] = _other_anchor(task, clean.anchor2, gen)
     elif kind == "change_key":
         tokens[rows, at] = _other_key(task, clean.key, at, keys, gen)
     else:

@@ -88,6 +88,17 @@ def _query_one(model, layer: int, head: int, lay: Layout):
     attn.W_Q[head, lay.ONE, 0] = SHARP * attn.attn_scale
 
 
+def _second_anchor_flag(mlp, unit: int, task: AnchorTask, lay: Layout) -> int:
+    """MLP units that set F2 at an anchor after an anchor (the second one); the next free unit."""
+    for b in task.anchors:
+        for a in task.anchors:
+            mlp.W_in[lay.PREV + b, unit] = mlp.W_in[lay.TOK + a, unit] = 1.0
+            mlp.b_in[unit] = -1.0
+            mlp.W_out[unit, lay.F2] = 1.0
+            unit += 1
+    return unit
+
+
 def _unembed(model, task: AnchorTask, lay: Layout):
     V = task.vocab_size
     model.unembed.W_U[lay.OUT : lay.OUT + V, :V] = 10 * torch.eye(V)
@@ -112,12 +123,7 @@ def composer(task: AnchorTask = TASK):
             if a == task.trap_pair[0]:
                 mlp.W_out[unit, lay.F3] = 1.0
             unit += 1
-    for b in task.anchors:  # an anchor after an anchor: the second one
-        for a in task.anchors:
-            mlp.W_in[lay.PREV + b, unit] = mlp.W_in[lay.TOK + a, unit] = 1.0
-            mlp.b_in[unit] = -1.0
-            mlp.W_out[unit, lay.F2] = 1.0
-            unit += 1
+    unit = _second_anchor_flag(mlp, unit, task, lay)
     # layer 1: head 0 brings y (and the trap flag) from a1, head 1 the token at a2
     _query_one(model, 1, 0, lay)
     _flag_head(model, 1, 0, lay.F1, [(lay.Y, lay.Y2, V), (lay.F3, lay.F3B, 1)])
@@ -194,3 +200,46 @@ def lookup(task: AnchorTask = TASK):
 def save(model, path, task: AnchorTask = TASK):
     """A checkpoint folder of a handmade model, loadable by models.load, with its task."""
     return hooked.save(model, path, {"recipe": "handmade", "seed": 0, "task": task.to_dict()}, model.handmade_config)
+
+
+Y_UNIT = 10.0
+
+
+@torch.no_grad()
+def scalar_composer(task: AnchorTask = TASK):
+    """A composer whose intermediate y = g(x; a1) is ONE number in ONE residual direction (Y) at
+    the first anchor: a planted 1-dimensional subspace for DAS to find. Layer 0: previous-token
+    head; its MLP writes y into Y and a flag into F1 at the first anchor, a flag into F2 at the
+    second. Layer 1: head 0 copies Y from the F1 position into U at the last position, head 1
+    the token from the F2 position into A2; its MLP adds shift(a2) to U. The unembedding
+    reads U = y + shift(a2) as a number: logit(t) = 2 t U - t^2, largest at t = U. Numbers
+    are stored in units of Y_UNIT, so that they are as large as the one-hot entries (a
+    direction that mixes Y with the flags then moves both alike).
+    (The trap pair (3,4) is answered by composition, x-10; the DAS pairs never use it.)"""
+    V, keys = task.vocab_size, range(task.key_min, task.key_max + 1)
+    lay = Layout(TOK=V, POS=task.seq_len, ONE=1, F1=1, F2=1, PREV=V, Y=1, U=1, A2=V)
+    model = _model(task, lay, d_mlp=len(keys) * len(task.anchors) + len(task.anchors) ** 2 + len(task.anchors), n_heads=2, d_head=V)
+    _embed(model, task, lay)
+    _previous_token_head(model, 0, 0, task, lay)
+    mlp, unit = model.blocks[0].mlp, 0
+    for x in keys:
+        for a in task.anchors:
+            mlp.W_in[lay.PREV + x, unit] = mlp.W_in[lay.TOK + a, unit] = 1.0
+            mlp.b_in[unit] = -1.0
+            mlp.W_out[unit, lay.Y] = (x + task.shift(a)) / Y_UNIT
+            mlp.W_out[unit, lay.F1] = 1.0
+            unit += 1
+    unit = _second_anchor_flag(mlp, unit, task, lay)
+    _query_one(model, 1, 0, lay)
+    _flag_head(model, 1, 0, lay.F1, [(lay.Y, lay.U, 1)])
+    _query_one(model, 1, 1, lay)
+    _flag_head(model, 1, 1, lay.F2, [(lay.TOK, lay.A2, V)])
+    mlp = model.blocks[1].mlp
+    for i, a in enumerate(task.anchors):
+        mlp.W_in[lay.A2 + a, i] = 1.0
+        mlp.W_out[i, lay.U] = task.shift(a) / Y_UNIT
+    answers = torch.arange(V, dtype=torch.float)
+    model.unembed.W_U[lay.U, :V] = 2 * answers * Y_UNIT
+    model.unembed.b_U[:V] = -(answers**2)
+    model.planted = lay.Y  # the residual direction that holds y
+    return model.eval()

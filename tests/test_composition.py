@@ -96,8 +96,11 @@ def test_report_sections_show_every_probe_and_say_when_one_is_undefined():
     for name, make in (("composer", composer), ("lookup", lookup)):
         sections = report_sections(name, make(), TASK, n=16)
         titles = [title for title, _ in sections]
-        assert titles == [f"{name}: composition test", f"{name}: order probe: (3,4) patched into (4,3)", f"{name}: key route", f"{name}: mean-ablation sweep"]
-        assert all(isinstance(figure, go.Figure) and figure.layout.title.text.startswith(name) for _, figure in sections)
+        assert titles == [f"{name}: composition test", f"{name}: order probe: (3,4) patched into (4,3)", f"{name}: key route", f"{name}: mean-ablation sweep",
+                          f"{name}: DAS: a subspace that carries g(x; a1)", f"{name}: path patching: the routes to the answer"]
+        assert all(isinstance(figure, go.Figure) and figure.layout.title.text.startswith(name) for _, figure in sections[:4])
+        das_cell, paths_cell = sections[4][1], sections[5][1]  # tables
+        assert "y1 = g(x; a1) (composition): best site, k, held-out IIA" in das_cell and "key changed" in paths_cell
         order = sections[1][1]
         undefined = "undefined for this model" in str(order.layout.annotations)
         assert undefined == (name == "lookup")  # the lookup model answers x-6 on (4,3) already

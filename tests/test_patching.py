@@ -49,6 +49,7 @@ def test_pairs_differ_in_exactly_one_factor(kind):
         "swap_order": {"anchor1", "anchor2"},
         "change_anchor1": {"anchor1"},
         "change_anchor2": {"anchor2"},
+        "change_anchors": {"anchor1", "anchor2"},
         "change_key": {"key"},
         "move_key": {"key_pos"},
     }[kind]
