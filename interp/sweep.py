@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 
 from interp.complexity import spectra, wq_condensation
 from interp.flow import flow_prompts, trace_flows
-from models.hooked import HookedTransformer
+from models.hooked import Model
 from models.sweep import Cell, SweepSpec, SweepStore, open_sweep, process_alive
 from models.task import AnchorTask
 from models.train import _version, train, train_command, train_to_folder
@@ -47,7 +47,7 @@ MECHANISM_PAIRS = 128
 
 
 # ---- one cell ---------------------------------------------------------------------------
-def mechanism(model: HookedTransformer, task: AnchorTask = AnchorTask(), n_flow_prompts: int = MECHANISM_FLOW_PROMPTS,
+def mechanism(model: Model, task: AnchorTask = AnchorTask(), n_flow_prompts: int = MECHANISM_FLOW_PROMPTS,
               n_pairs: int = MECHANISM_PAIRS) -> dict[str, Any]:
     """What a sweep records of a model's mechanism, as JSON values:
     - route: `trace_flows(...).route()` on random prompts (inferential / symmetric / mixed / other);

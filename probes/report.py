@@ -6,7 +6,7 @@ from typing import Callable, Sequence
 
 import plotly.graph_objects as go
 
-from models.hooked import HookedTransformer
+from models.hooked import Model
 from models.task import AnchorTask
 from probes.ablation import ablate, ablation_sweep
 from probes.composition import composition_test
@@ -19,7 +19,7 @@ PROBES = ("ablation", "patching", "order", "composition")
 
 def run_probe(
     name: str,
-    model: HookedTransformer,
+    model: Model,
     task: AnchorTask = AnchorTask(),
     n: int = 512,
     seed: int = 0,
@@ -54,7 +54,7 @@ REPORT_ABLATION_KINDS = ("z", "mlp_out")
 REPORT_PROBES = ("composition test", "order probe: (3,4) patched into (4,3)", "key route", "mean-ablation sweep")
 
 
-def report_sections(name: str, model: HookedTransformer, task: AnchorTask = AnchorTask(), n: int = 200,
+def report_sections(name: str, model: Model, task: AnchorTask = AnchorTask(), n: int = 200,
                     step: Callable[[str], None] | None = None) -> list[tuple[str, go.Figure]]:
     """The causal probes of one model as (section title, figure): the composition test, the
     order probe, patching of the key (which route the key takes to the last position) and
