@@ -7,9 +7,8 @@ checkpoint as `tokenizer.json` (loads without this package too:
 `PreTrainedTokenizerFast(tokenizer_file=".../tokenizer.json")`).
 
 No BOS: the models were trained on 9-token prompts without one, so the tokenizer has none
-and models.hooked sets `default_prepend_bos = False`; `prepend_bos=True` is refused on
-3.9 with the error below, and skipped by 4.x itself (its documented behaviour for a
-tokenizer without BOS). Every id is a word, so the first id the task never uses (0 by
+and models.hooked sets `default_prepend_bos = False`; `prepend_bos=True` is refused with
+a one-line error (TransformerLens tries the placeholder BOS it sets up, which is no word). Every id is a word, so the first id the task never uses (0 by
 default: no anchor, key, noise or answer) doubles as the unknown and padding token, which
 TransformerLens needs to set a tokenizer up (4.x probes it with the word "a").
 

@@ -1,0 +1,35 @@
+"""Reference logits of the shipped models, computed on TransformerLens 3.9 (HookedTransformer):
+test_zoo checks that the installed line (3.9 or 4.x's TransformerBridge) gives the same.
+
+Regenerate (on 3.9 only): python tests/reference_logits.py
+"""
+
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+import models
+from models import hooked
+
+FILE = Path(__file__).parent / "data" / "zoo_logits.safetensors"
+NAMES = ("inferential", "symmetric")
+
+
+def prompts(name: str) -> torch.Tensor:
+    """16 prompts of every pair (held-out and trap included), any key: [prompt, pos]."""
+    task = hooked.task_of(name)
+    return task.sample(16, torch.Generator().manual_seed(0), pairs=task.pairs, keys="any").tokens
+
+
+def reference() -> dict[str, torch.Tensor]:
+    """name -> its 3.9 logits at every position: [prompt, pos, d_vocab]."""
+    return load_file(str(FILE))
+
+
+if __name__ == "__main__":
+    if hooked.TL4:
+        raise SystemExit("the reference is TransformerLens 3.9's: run this in a 3.9 environment")
+    with torch.inference_mode():
+        save_file({name: models.load(name)(prompts(name)).contiguous() for name in NAMES}, str(FILE))
+    print(f"wrote {FILE} (transformer_lens {hooked.TL_VERSION})")
