@@ -96,7 +96,8 @@ def _quiet_deprecation():
 
 def config_fields() -> set[str]:
     """The settings a model config accepts (HookedTransformerConfig's or TransformerBridgeConfig's)."""
-    return set(inspect.signature(LensConfig.__init__).parameters) - {"self", "args", "kwargs"}
+    inits = [vars(cls)["__init__"] for cls in LensConfig.__mro__ if "__init__" in vars(cls)]  # 4.x: d_mlp is the base's
+    return {name for init in inits for name in inspect.signature(init).parameters} - {"self", "args", "kwargs"}
 
 
 def hooked_config(task: AnchorTask = AnchorTask(), n_layers: int = 2, **overrides) -> dict[str, Any]:
@@ -179,18 +180,18 @@ def tl_params(model: Model) -> dict[str, torch.Tensor]:
     parameters themselves; on 4.x they are differentiable views of the bridge's parameters
     (a gradient through them lands on the parameter the optimizer updates)."""
     params = dict(model.get_params()) if TL4 else dict(model.named_parameters())
-    if TL4:  # get_params zero-fills biases a component lacks; only real parameters here
-        params = {name: t for name, t in params.items() if _bridge_parameter(model, name, t.shape) is not None}
+    if TL4:  # get_params zero-fills biases a component lacks; only the bridge's own tensors here
+        own = _bridge_tensors(model, params)
+        params = {name: t for name, t in params.items() if name in own}
     return {name: params[name] for name in sorted(params, key=_order_key)}
 
 
-def _bridge_parameter(model: Model, name: str, shape: Sequence[int]) -> torch.nn.Parameter | None:
-    """The bridge parameter behind a HookedTransformer name and shape (4.x), or None."""
-    (key,) = convert_tl_checkpoint({name: torch.empty(tuple(shape))}, model.cfg)
-    try:
-        return model.get_parameter(key)
-    except AttributeError:  # a buffer (4.x keeps the unembedding bias as one) or nothing
-        return None
+def _bridge_tensors(model: Model, params: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """HookedTransformer name -> the bridge parameter (or buffer: 4.x keeps the unembedding
+    bias as one) behind it, for the names in `params` that have one (4.x)."""
+    own = model.state_dict(keep_vars=True)  # keep_vars: the tensors themselves, not detached copies
+    keys = {name: next(iter(convert_tl_checkpoint({name: torch.empty(t.shape)}, model.cfg))) for name, t in params.items()}
+    return {name: own[key] for name, key in keys.items() if key in own}
 
 
 def tl_state_dict(model: Model) -> dict[str, torch.Tensor]:
@@ -256,9 +257,11 @@ def check_gamma(gamma: float) -> None:
 
 
 def freeze_biases(model: Model) -> None:
-    for name, param in tl_params(model).items():
+    params = tl_params(model)
+    own = _bridge_tensors(model, params) if TL4 else params  # on 4.x, the parameters behind the views
+    for name in params:
         if name.rsplit(".", 1)[-1] in BIAS_NAMES:
-            (_bridge_parameter(model, name, param.shape) if TL4 else param).requires_grad_(False)
+            own[name].requires_grad_(False)
 
 
 def from_config(cfg: dict[str, Any], task: AnchorTask = AnchorTask(), tokenizer: AnchorTokenizer | None = None) -> Model:

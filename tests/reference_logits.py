@@ -1,5 +1,7 @@
-"""Reference logits of the shipped models, computed on TransformerLens 3.9 (HookedTransformer):
-test_zoo checks that the installed line (3.9 or 4.x's TransformerBridge) gives the same.
+"""References computed on TransformerLens 3.9 (HookedTransformer), which the installed line
+(3.9 or 4.x's TransformerBridge) must reproduce: the shipped models' logits (test_zoo), and
+the per-matrix sums of a gamma-init model's initial weights (test_models: same seed, same
+weights on both lines).
 
 Regenerate (on 3.9 only): python tests/reference_logits.py
 """
@@ -23,13 +25,19 @@ def prompts(name: str) -> torch.Tensor:
 
 
 def reference() -> dict[str, torch.Tensor]:
-    """name -> its 3.9 logits at every position: [prompt, pos, d_vocab]."""
+    """name -> its 3.9 logits at every position: [prompt, pos, d_vocab]; "init_sums": [matrix]."""
     return load_file(str(FILE))
+
+
+def init_sums() -> torch.Tensor:
+    """Sum of each weight matrix of build(0.8, seed=0), in HookedTransformer order: [matrix] (float64)."""
+    model = models.build(0.8, seed=0)
+    return torch.stack([t.detach().double().sum() for name, t in hooked.tl_params(model).items() if name in hooked.weight_names(model)])
 
 
 if __name__ == "__main__":
     if hooked.TL4:
         raise SystemExit("the reference is TransformerLens 3.9's: run this in a 3.9 environment")
     with torch.inference_mode():
-        save_file({name: models.load(name)(prompts(name)).contiguous() for name in NAMES}, str(FILE))
+        save_file({**{name: models.load(name)(prompts(name)).contiguous() for name in NAMES}, "init_sums": init_sums()}, str(FILE))
     print(f"wrote {FILE} (transformer_lens {hooked.TL_VERSION})")

@@ -12,6 +12,8 @@ import models
 from models import hooked
 from models.task import AnchorTask
 
+import reference_logits
+
 TOKENS = AnchorTask().grid([(1, 2), (4, 3)], "any").tokens[:256]
 
 
@@ -273,3 +275,8 @@ def test_a_bad_or_missing_card_is_refused_at_load(tmp_path, card, message):
 def test_impossible_architectures_are_refused_before_building(arch, message):
     with pytest.raises(ValueError, match=message):
         hooked.hooked_config(**arch)
+
+
+def test_a_seed_gives_the_transformer_lens_3_9_initial_weights():
+    """Same draws in the same order on either line (tests/reference_logits.py holds 3.9's)."""
+    torch.testing.assert_close(reference_logits.init_sums(), reference_logits.reference()["init_sums"], rtol=0, atol=1e-9)
