@@ -36,9 +36,9 @@ from typing import Any, Sequence, Union
 
 import torch
 from jaxtyping import Float, Int
-from torch import Tensor
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
+from torch import Tensor
 
 TL_VERSION = version("transformer_lens")
 TL4 = int(TL_VERSION.split(".")[0]) >= 4  # 4.0 removed HookedTransformer for TransformerBridge
@@ -48,6 +48,7 @@ with warnings.catch_warnings():
     if TL4:
         from transformer_lens import TransformerBridge
         from transformer_lens.config import TransformerBridgeConfig as LensConfig
+        # the activations boot_native accepts (4.3 keeps the table private; its config checks none)
         from transformer_lens.model_bridge.sources.native.model import _ACTIVATIONS as NATIVE_ACTIVATIONS
         from transformer_lens.utilities.tl_checkpoint_conversion import convert_tl_checkpoint
     else:
@@ -268,7 +269,7 @@ def from_config(cfg: dict[str, Any], task: AnchorTask = AnchorTask(), tokenizer:
     """An untrained model from config kwargs (TransformerLens' own init): a HookedTransformer
     on 3.9, a natively booted TransformerBridge on 4.x, with `tokenizer` (default: the
     task's) set the way each line sets one up. Prompts get no BOS (the task has none)."""
-    tokenizer = tokenizer or task_tokenizer(task)
+    tokenizer = task_tokenizer(task) if tokenizer is None else tokenizer
     if TL4:
         # set at boot, once: reassigning a bridge's tokenizer re-runs its set-up, which
         # would reload this one by name from the Hugging Face hub
