@@ -3,9 +3,10 @@ default) and 4.x (TransformerBridge), measured in one run.
 
 A process imports one TransformerLens, so this script runs itself as a worker in each line's
 environment, alternating the lines round by round (machine noise hits both alike), and
-reports the median over rounds of each measure per line and the ratio 4.x / 3.9. Within a
-round each measure is the best of a few repeats: the machine is shared, and the best repeat
-is the one least slowed by other work.
+reports the median over rounds of each measure per line, and the ratio 4.x / 3.9 as the
+median over rounds of the two lines' ratio in that round (measured one after the other, so
+load from other work on this shared machine hits both alike). Within a round each measure is
+the best of a few repeats, the one least slowed by other work.
 
 (a) training steps/s of the shipped step (fused last-position forward, bf16, batch 512);
 (b) training steps/s through the model's own hooked forward (fp32; what an architecture the
@@ -123,7 +124,7 @@ def main() -> None:
         "rounds": args.rounds,
         "steps_per_round": args.steps,
         "median": median,
-        "ratio_tl4_over_tl3": {m: median["4.x"][m] / median["3.9"][m] for m in MEASURES},
+        "ratio_tl4_over_tl3": {m: statistics.median(new[m] / old[m] for old, new in zip(rounds["3.9"], rounds["4.x"])) for m in MEASURES},
         "per_round": rounds,
     }
     for m in MEASURES:
