@@ -4,8 +4,10 @@ the per-matrix sums of a gamma-init model's initial weights (test_models: same s
 weights on both lines).
 
 Regenerate (on 3.9 only): python tests/reference_logits.py
+Compare the installed line with it: python tests/reference_logits.py --compare
 """
 
+import sys
 from pathlib import Path
 
 import torch
@@ -35,7 +37,17 @@ def init_sums() -> torch.Tensor:
     return torch.stack([t.detach().double().sum() for name, t in hooked.tl_params(model).items() if name in hooked.weight_names(model)])
 
 
+def max_differences(names=NAMES) -> dict[str, float]:
+    """name -> max |logit - 3.9 logit| of the installed line."""
+    with torch.inference_mode():
+        return {name: (models.load(name)(prompts(name)) - reference()[name]).abs().max().item() for name in names}
+
+
 if __name__ == "__main__":
+    if sys.argv[1:] == ["--compare"]:
+        for name, difference in max_differences().items():
+            print(f"{name}: max |logit difference| on transformer_lens {hooked.TL_VERSION} vs 3.9: {difference:.3g}")
+        raise SystemExit(0)
     if hooked.TL4:
         raise SystemExit("the reference is TransformerLens 3.9's: run this in a 3.9 environment")
     with torch.inference_mode():
