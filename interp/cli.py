@@ -99,7 +99,11 @@ def _add_sweep(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", action="store_true", help="continue the sweep in --db (its own grid unless one is given, "
                    "which must then match); finished cells are never rerun, failed ones are retried")
     p.add_argument("--no-retry-failed", dest="retry_failed", action="store_false", help="with --resume: leave failed cells alone")
-    p.add_argument("--executor", choices=("local", "ray"), default="local", help="local process pool (default) or Ray")
+    p.add_argument("--only", action="append", default=[], metavar="NAME=VALUE",
+                   help="run only the cells with this swept value, e.g. --only n_layers=3 (repeatable); the rest wait")
+    p.add_argument("--executor", choices=("local", "ray", "stacked"), default="local", help="local process pool (default), Ray, "
+                   "or stacked: many runs at once on one --device (a GPU), probed by a local pool")
+    _add_stacked_options(p)
     p.add_argument("--address", help="Ray cluster address (e.g. auto, or ray://host:10001); default: a local Ray instance")
     p.add_argument("--workers", type=int, help="cells run at once (default: local, one per core; Ray, cluster CPUs / threads)")
     p.add_argument("--threads", type=int, help="torch threads per cell (default: local, cores / workers; Ray, 1)")
@@ -118,6 +122,12 @@ def _sweep_spec(args: argparse.Namespace):
         return None
     base = SweepSpec.from_toml(args.spec or "default") if args.spec or not args.grid else None
     return SweepSpec.parse(args.grid, args.fixed, base) if args.grid or args.fixed else base
+
+
+def _only(items: list[str]) -> dict:
+    from models.sweep import _assignment, canonical_name, parse_value
+
+    return {canonical_name(name): parse_value(value) for name, value in (_assignment(item, "--only") for item in items)}
 
 
 def _run_sweep(args: argparse.Namespace) -> int:
@@ -141,7 +151,8 @@ def _run_sweep(args: argparse.Namespace) -> int:
     try:
         summary = run_sweep(spec, args.db, resume=args.resume, executor=args.executor, workers=args.workers,
                             threads=args.threads, address=args.address, keep_checkpoints=args.keep_checkpoints,
-                            retry_failed=args.retry_failed, progress=not args.quiet, command=command)
+                            retry_failed=args.retry_failed, progress=not args.quiet, command=command,
+                            device=args.device, stack_size=args.stack_size, only=_only(args.only))
     except KeyboardInterrupt:
         print(f"\ninterrupted: finished cells are saved in {args.db}; continue with: {resume_command}", file=sys.stderr)
         raise SystemExit(130) from None
@@ -173,12 +184,16 @@ def _add_report(sub: argparse._SubParsersAction) -> None:
 
 def _run_report(args: argparse.Namespace) -> None:
     from interp.report import build_report, classification_table, table_text
+    from interp.sweep_report import mechanism_summary
 
     if args.flow_prompts < 1:
         raise ValueError(f"--flow-prompts must be >= 1, got {args.flow_prompts}")
     out, analyses = build_report(args.targets, args.out, n_flow_prompts=args.flow_prompts, probes=args.probes, progress=not args.quiet, models=args.models)
     if analyses:
         print(table_text(classification_table(analyses)))
+    for target in args.targets:
+        if str(target).endswith(".db"):
+            print(mechanism_summary(target))
     print(f"report written to {out}")
 
 
@@ -241,8 +256,16 @@ def _add_seeds(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--markdown", action="store_true", help="also print them as a README table")
     p.add_argument("--workers", type=int, help="runs at once (default: one per core)")
     p.add_argument("--threads", type=int, help="torch threads per run (default: cores / workers)")
+    p.add_argument("--executor", choices=("local", "stacked"), default="local", help="local process pool (default), or "
+                   "stacked: many runs at once on one --device (a GPU), probed by a local pool")
+    _add_stacked_options(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(run=_run_seeds)
+
+
+def _add_stacked_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="cuda", help="with --executor stacked: the torch device that trains (default %(default)s)")
+    p.add_argument("--stack-size", type=int, default=64, help="with --executor stacked: runs trained at once (default %(default)s)")
 
 
 def _run_seeds(args: argparse.Namespace) -> int:
@@ -267,7 +290,8 @@ def _run_seeds(args: argparse.Namespace) -> int:
         command = shlex.join(["anchor-interp", "seeds", "--db", args.db, "--gamma", args.gamma, "--seeds", args.seeds,
                               *([f"--layers={args.n_layers}"] if args.n_layers else []), *[a for f in args.fixed for a in ("--set", f)]])
         summary = run_sweep(SweepSpec.parse(grid, fixed), args.db, resume=True, workers=args.workers, threads=args.threads,
-                            keep_checkpoints=args.keep_checkpoints, progress=not args.quiet, command=command)
+                            keep_checkpoints=args.keep_checkpoints, progress=not args.quiet, command=command,
+                            executor=args.executor, device=args.device, stack_size=args.stack_size)
         for cell_id, error in summary.errors.items():
             print(f"  run {cell_id} failed: {error}", file=sys.stderr)
         failed = summary.failed

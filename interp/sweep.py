@@ -1,10 +1,12 @@
 """Running a sweep (models/sweep.py holds its spec and results store): every cell trained,
-classified and probed for its mechanism, on a local process pool or a Ray cluster, each
-result committed as it arrives, resumable after any interruption.
+classified and probed for its mechanism, on a local process pool, a Ray cluster, or stacked
+on one GPU (many runs trained at once, probed by a local pool), each result committed as it
+arrives, resumable after any interruption.
 
     spec = SweepSpec.from_toml("models/sweeps/phase.toml")
     run_sweep(spec, "sweeps/phase.db")                             # local pool, one cell per core
     run_sweep(None, "sweeps/phase.db", resume=True, executor="ray", address="auto")
+    run_sweep(spec, "sweeps/phase.db", executor="stacked", device="cuda", stack_size=50)
 
 A cell records `probes.classify(...).to_dict()` plus `mechanism(...)` from its own model:
 the route of `interp.trace_flows` (overall and by key position), the composition test's best
@@ -21,6 +23,7 @@ import platform
 import re
 import signal
 import socket
+import sys
 import threading
 import time
 import traceback
@@ -36,10 +39,12 @@ from interp.flow import flow_prompts, trace_flows
 from models.hooked import Model
 from models.sweep import Cell, SweepSpec, SweepStore, open_sweep, process_alive
 from models.task import AnchorTask
-from models.train import _version, train, train_command, train_to_folder
+from models.hooked import save
+from models.train import TrainConfig, TrainResult, _version, make_card, train, train_command
 from probes.composition import composition_test
 from probes.solution import card_metrics
 
+EXECUTORS = ("local", "ray", "stacked")
 RAY_INSTALL = "the Ray executor needs Ray: pip install 'anchor-interp[ray]' (or pip install 'ray>=2.40')"
 # Sized so the probes cost a few seconds a cell against minutes of training (bench/sweep_speed.py).
 MECHANISM_FLOW_PROMPTS = 1000
@@ -76,30 +81,29 @@ def mechanism(model: Model, task: AnchorTask = AnchorTask(), n_flow_prompts: int
     }
 
 
-def run_cell(cell: Cell, threads: int, checkpoint: str | None = None) -> dict[str, Any]:
-    """Train, classify and probe one cell in this process (a pool or Ray worker);
-    `checkpoint`: also save the model there (hooked.save, via train_to_folder)."""
+def run_cell(cell: Cell, threads: int, checkpoint: str | None = None, trained: TrainResult | None = None) -> dict[str, Any]:
+    """Train (unless `trained` holds the finished run: the stacked executor trains elsewhere),
+    classify and probe one cell in this process (a pool or Ray worker); `checkpoint`: also
+    save the model there, with its card."""
     import torch
 
     torch.set_num_threads(threads)
     start = time.perf_counter()
     task = cell.config.task
+    result = trained or train(cell.config, progress=False)
+    behaviour = card_metrics(result.model, task)
     if checkpoint:
         try:
             command = train_command(cell.config, checkpoint, threads=threads)
         except ValueError:  # task/betas overrides have no train flag
             command = f"anchor-interp sweep cell {cell.id} {json.dumps(cell.params)}"
-        result, card = train_to_folder(cell.config, checkpoint, card_metrics, overwrite=True, progress=False, command=command)
-        behaviour = card["metrics"]
-    else:
-        result = train(cell.config, progress=False)
-        behaviour = card_metrics(result.model, task)
+        save(result.model, checkpoint, make_card(result, command, behaviour), cell.config.hooked_config(), overwrite=True)
     return {
         "metrics": {**behaviour, **mechanism(result.model, task)},
         "steps": result.steps,
         "stopped_early": result.stopped_early,
         "train_seconds": result.wall_seconds,
-        "wall_seconds": time.perf_counter() - start,
+        "wall_seconds": result.wall_seconds + time.perf_counter() - start if trained else time.perf_counter() - start,
         "threads": torch.get_num_threads(),
         "worker": f"{socket.gethostname()}:{os.getpid()}",
         "versions": {"python": platform.python_version(), "torch": torch.__version__, "transformer_lens": _version("transformer_lens")},
@@ -219,6 +223,89 @@ class RayExecutor:
             self.ray.shutdown()
 
 
+def stack_key(config: TrainConfig) -> str:
+    """Runs with equal keys can train in one stack: their recipes differ by gamma alone."""
+    return json.dumps({k: v for k, v in config.recipe().items() if k != "gamma"}, sort_keys=True)
+
+
+class StackedExecutor:
+    """Cells trained many at once on one device (models.stacked: `stack_size` runs of one
+    recipe per stack, on a GPU), then classified and probed in a CPU process pool of
+    `workers` while the next stack trains. A thread trains the stacks one after another."""
+
+    name = "stacked"
+
+    def __init__(self, device: str, stack_size: int, workers: int, threads: int):
+        import multiprocessing
+
+        import torch
+
+        self.device, self.stack_size, self.threads = torch.device(device), stack_size, threads
+        self.device_name = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else platform.processor() or "cpu"
+        self.capacity = 3 * stack_size  # one stack training, one being probed, one gathering its runs
+        context = multiprocessing.get_context("forkserver")
+        context.set_forkserver_preload(["interp.sweep"])
+        self._probes = cf.ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_init, initargs=(os.getpid(),))
+        self._waiting: list[tuple[CellFn, Cell, str | None, cf.Future]] = []
+        self._lock, self._closed = threading.Lock(), threading.Event()
+        self._trainer = threading.Thread(target=self._train_stacks, name="stacked-trainer", daemon=True)
+        self._trainer.start()
+
+    def submit(self, fn: CellFn, cell: Cell, checkpoint: str | None) -> cf.Future:
+        outer: cf.Future = cf.Future()
+        with self._lock:
+            self._waiting.append((fn, cell, checkpoint, outer))
+        return outer
+
+    def _next_stack(self) -> list[tuple[CellFn, Cell, str | None, cf.Future]]:
+        with self._lock:
+            if not self._waiting:
+                return []
+            key = stack_key(self._waiting[0][1].config)
+            stack = [w for w in self._waiting if stack_key(w[1].config) == key][: self.stack_size]
+            self._waiting = [w for w in self._waiting if all(w is not s for s in stack)]
+            return stack
+
+    def _train_stacks(self) -> None:
+        from models.stacked import train_stacked
+
+        while not self._closed.wait(0.5):  # the pause also lets a whole batch of submits arrive
+            while (stack := self._next_stack()) and not self._closed.is_set():
+                start = time.perf_counter()
+                try:
+                    results = train_stacked([cell.config for _, cell, _, _ in stack], self.device, progress=False)
+                except BaseException as error:  # the whole stack fails together
+                    for *_, outer in stack:
+                        outer.set_exception(error)
+                    continue
+                steps = max(r.steps for r in results)
+                print(f"stacked: {len(stack)} runs trained on {self.device} in {time.perf_counter() - start:.0f} s "
+                      f"({steps} steps, {steps / (time.perf_counter() - start):.1f} steps/s)", file=sys.stderr, flush=True)
+                for (fn, cell, checkpoint, outer), result in zip(stack, results):
+                    inner = self._probes.submit(fn, cell, self.threads, checkpoint, result)
+                    inner.add_done_callback(lambda done, outer=outer: self._deliver(done, outer))
+
+    def _deliver(self, inner: cf.Future, outer: cf.Future) -> None:
+        if inner.exception() is not None:
+            outer.set_exception(inner.exception())
+            return
+        outcome = inner.result()
+        outcome["worker"] = f"stacked on {self.device} ({self.device_name}), probed by {outcome['worker']}"
+        outcome["versions"]["train_device"] = f"{self.device} ({self.device_name})"
+        outer.set_result(outcome)
+
+    def finished(self, future: cf.Future) -> None:
+        pass
+
+    @staticmethod
+    def worker_died(error: BaseException) -> bool:
+        return isinstance(error, cf.process.BrokenProcessPool)
+
+    def close(self, cancel: bool = False) -> None:
+        self._closed.set()
+        self._probes.shutdown(wait=not cancel, cancel_futures=cancel)
+
+
 def import_ray():
     try:
         import ray
@@ -236,16 +323,20 @@ def _ray_cell(fn: CellFn, cell: Cell, threads: int, checkpoint: str | None) -> d
     return outcome
 
 
-def make_executor(kind: str, n_cells: int, workers: int | None = None, threads: int | None = None, address: str | None = None):
-    """The local pool sized to this machine (workers x threads = cores, no oversubscription)
-    or Ray (one CPU per cell by default)."""
+def make_executor(kind: str, n_cells: int, workers: int | None = None, threads: int | None = None, address: str | None = None,
+                  device: str = "cuda", stack_size: int = 64):
+    """The local pool sized to this machine (workers x threads = cores, no oversubscription),
+    Ray (one CPU per cell by default), or stacks on one device with a probe pool of all cores
+    but two (they draw the training batches)."""
     if kind == "local":
         cores = available_cores()
         workers = workers or max(1, min(cores, n_cells))
         return LocalExecutor(workers, threads or max(1, cores // workers))
     if kind == "ray":
         return RayExecutor(workers, threads or 1, address)
-    raise ValueError(f"unknown executor {kind!r}; choose local or ray")
+    if kind == "stacked":
+        return StackedExecutor(device, stack_size, workers or max(1, available_cores() - 2), threads or 1)
+    raise ValueError(f"unknown executor {kind!r}; choose {', '.join(EXECUTORS)}")
 
 
 # ---- the sweep --------------------------------------------------------------------------
@@ -273,15 +364,22 @@ def run_sweep(
     progress: bool = True,
     command: str = "",
     cell_fn: CellFn = run_cell,
+    device: str = "cuda",
+    stack_size: int = 64,
+    only: dict[str, Any] | None = None,
 ) -> SweepSummary:
     """Run every unfinished cell of the sweep in `db` (created from `spec` unless resuming),
     committing each result as it arrives. A failed cell records its error and the sweep goes
     on. On Ctrl-C the running cells go back to 'pending' and KeyboardInterrupt propagates.
 
     `cell_fn` is what a worker runs per cell (default: train, classify, mechanism); it must be
-    importable by the workers. Checkpoints, when kept, go to <db>.checkpoints/cell-<id>."""
-    if executor not in ("local", "ray"):
-        raise ValueError(f"unknown executor {executor!r}; choose local or ray")
+    importable by the workers, and with the stacked executor (`device`, `stack_size`) it gets
+    the trained run as a fifth argument. `only` runs just the cells with these swept values
+    (say {"n_layers": 3}: one depth of a phase grid); the others stay as they are. Checkpoints, when kept, go to <db>.checkpoints/cell-<id>."""
+    if executor not in EXECUTORS:
+        raise ValueError(f"unknown executor {executor!r}; choose {', '.join(EXECUTORS)}")
+    if stack_size < 1:
+        raise ValueError(f"stack_size must be >= 1, got {stack_size}")
     if address and executor != "ray":
         raise ValueError("--address is for --executor ray")
     if workers is not None and workers < 1 or threads is not None and threads < 1:
@@ -297,12 +395,15 @@ def run_sweep(
         raise
     try:
         cells = {c.id: c for c in store.cells()}
-        todo = deque(store.todo(retry_failed))
+        unknown = sorted(set(only or {}) - {k for c in cells.values() for k in c.params})
+        if unknown:
+            raise ValueError(f"--only names settings the grid does not sweep: {unknown}")
+        todo = deque(i for i in store.todo(retry_failed) if all(cells[i].params[k] == v for k, v in (only or {}).items()))
         counts = store.counts()
         summary = SweepSummary(store.path, len(cells), counts["done"], 0 if retry_failed else counts["failed"], 0, 0.0, {})
         if todo:
             ckpt_dir = store.path.with_name(store.path.stem + ".checkpoints") if keep_checkpoints else None
-            pool = make_executor(executor, len(todo), workers, threads, address)
+            pool = make_executor(executor, len(todo), workers, threads, address, device, stack_size)
             try:
                 _schedule(store, pool, cells, todo, cell_fn, ckpt_dir, summary, progress)
             except BaseException:

@@ -37,6 +37,7 @@ from probes.solution import LABELS, UNFIT_THRESHOLD, label_of
 ACCURACIES = ("seen_test_keys", "inferential_test_keys", "symmetric_test_keys")
 MECHANISM = ("route", "composition_score", "wq_groups", "mean_stable_rank")  # metrics keys, from interp.sweep.mechanism
 CLEAN = 0.9  # a run is clean when its label's (4,3) accuracy is at least this (issue 12's clean phase)
+COMPOSES = 0.5  # composition_score at or above this: most interchanges at the best site compose
 ROUTES = ("inferential", "symmetric", "mixed", "other")
 PHASE_AXES = ("gamma", "n_layers", "seed", "lr")  # the diagram's axes, and what it averages or maximises over
 SHORT_LABELS = {"inferential": "inf", "symmetric": "sym", "other": "other", "unfit": "unfit"}
@@ -61,6 +62,11 @@ def cell_table(meta: dict[str, Any], rows: list[dict[str, Any]]) -> pd.DataFrame
     # Judged: clean runs with a recorded route (databases before mechanism recording have none).
     cells["judged"] = cells["label"].isin(["inferential", "symmetric"]) & (own >= CLEAN) & cells["route"].notna()
     cells["agrees"] = cells["judged"] & (cells["route"] == cells["label"])
+    # The composition test's verdict: a run composes when most interchanges at its best site do.
+    score = pd.to_numeric(cells["composition_score"], errors="coerce")
+    cells["composition_judged"] = cells["label"].isin(["inferential", "symmetric"]) & (own >= CLEAN) & score.notna()
+    composes = score >= COMPOSES
+    cells["composition_agrees"] = cells["composition_judged"] & (composes == (cells["label"] == "inferential"))
     return cells
 
 
@@ -116,9 +122,12 @@ def _counts(values: pd.Series) -> str:
     return ", ".join(f"{k} {v}" for k, v in values.value_counts().items())
 
 
-def agreement(cells: pd.DataFrame) -> tuple[int, int]:
-    """(clean runs whose route equals their behavioural label, clean runs with a route)."""
-    return int(cells["agrees"].sum()), int(cells["judged"].sum())
+def agreement(cells: pd.DataFrame, probe: str = "route") -> tuple[int, int]:
+    """(clean runs whose route equals their behavioural label, clean runs with a route); with
+    probe="composition": clean runs whose composition verdict (score >= COMPOSES) is their
+    label (inferential composes, symmetric does not), clean runs with a score."""
+    prefix = "" if probe == "route" else "composition_"
+    return int(cells[prefix + "agrees"].sum()), int(cells[prefix + "judged"].sum())
 
 
 def facet_groups(table: pd.DataFrame, facets: list[str]) -> list[tuple[str, pd.DataFrame]]:
@@ -221,7 +230,8 @@ def mechanism_figure(phase: pd.DataFrame, cells: pd.DataFrame, title: str = "Beh
     runs whose route equals their behavioural label."""
     grid = _Grid(phase)
     agree, judged = agreement(cells)
-    share = (grid.matrix("n_agree").astype(float) / grid.matrix("n_clean").astype(float))  # NaN: no clean run
+    with np.errstate(invalid="ignore", divide="ignore"):
+        share = (grid.matrix("n_agree").astype(float) / grid.matrix("n_clean").astype(float))  # NaN: no clean run
     fig = make_subplots(1, 3, horizontal_spacing=0.06, subplot_titles=(
         "behaviour: label of the seed means", "mechanism: most common route", "route = label, share of clean runs"))
     grid.category_panel(fig, 1, grid.matrix("label"), LABELS)
@@ -230,6 +240,9 @@ def mechanism_figure(phase: pd.DataFrame, cells: pd.DataFrame, title: str = "Beh
     fig.add_trace(go.Heatmap(z=share, x=grid.gammas, y=grid.y, zmin=0, zmax=1, colorscale="RdYlGn", text=counts, texttemplate="%{text}",
                              colorbar=dict(title="share", x=1.0, len=0.8), customdata=grid.hover, hovertemplate="%{customdata}<extra></extra>"), 1, 3)
     total = f"route = behavioural label in {agree} of {judged} clean runs ({agree / judged:.0%})" if judged else "no clean run with a route yet"
+    composed, scored = agreement(cells, "composition")
+    if scored:
+        total += f"; composition test agrees in {composed} of {scored}"
     return grid.layout(fig, f"{title}: {total} (clean: label's (4,3) accuracy ≥ {CLEAN})", 3)
 
 
@@ -289,6 +302,15 @@ def status_figure(meta: dict[str, Any], rows: list[dict[str, Any]], cells: pd.Da
                              cells=dict(values=[list(facts), list(facts.values())], align="left"), columnwidth=[1, 5]))
     fig.update_layout(title="Sweep", height=90 + 30 * len(facts), margin=dict(t=40, b=10))
     return fig
+
+
+def mechanism_summary(db_path: str | os.PathLike) -> str:
+    """One line: how often each mechanism probe agrees with behaviour on the clean runs."""
+    meta, rows = results(db_path)
+    cells = cell_table(meta, rows)
+    (agree, judged), (composed, scored) = agreement(cells), agreement(cells, "composition")
+    return (f"{db_path}: {len(cells)} of {len(rows)} runs done; of the clean ones (label's (4,3) accuracy >= {CLEAN}), "
+            f"route = label in {agree} of {judged}, composition test (score >= {COMPOSES} = composes) agrees in {composed} of {scored}")
 
 
 def sweep_sections(db_path: str | os.PathLike) -> list[tuple[str, go.Figure]]:

@@ -270,6 +270,10 @@ def from_config(cfg: dict[str, Any], task: AnchorTask = AnchorTask(), tokenizer:
     on 3.9, a natively booted TransformerBridge on 4.x, with `tokenizer` (default: the
     task's) set the way each line sets one up. Prompts get no BOS (the task has none)."""
     tokenizer = task_tokenizer(task) if tokenizer is None else tokenizer
+    # On CPU unless the config says otherwise: left unset, TransformerLens picks the GPU
+    # when there is one and then sends every input there, while these weights stay here.
+    # `model.to("cuda")` moves a model and its config together.
+    cfg = {"device": "cpu", **cfg}
     if TL4:
         # set at boot, once: reassigning a bridge's tokenizer re-runs its set-up, which
         # would reload this one by name from the Hugging Face hub

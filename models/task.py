@@ -49,6 +49,9 @@ class AnchorBatch:
         """The prompts at `index` (a boolean mask or indices)."""
         return AnchorBatch(*(getattr(self, f.name)[index] for f in fields(self)))
 
+    def to(self, device: str | torch.device) -> "AnchorBatch":
+        return AnchorBatch(*(getattr(self, f.name).to(device) for f in fields(self)))
+
 
 def _integer_tokens(tokens: Tensor) -> Tensor:
     """A token tensor as int64; a float or bool tensor is refused (it would be truncated)."""

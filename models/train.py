@@ -193,7 +193,7 @@ def fused_logits(
         return F.layer_norm(x, (cfg.d_model,), p[name + ".w"], p[name + ".b"], cfg.eps)
 
     n_pos = tokens.shape[1]
-    future = torch.ones(n_pos, n_pos, dtype=torch.bool).triu(1)  # [q_pos, k_pos]: what a query may not see
+    future = torch.ones(n_pos, n_pos, dtype=torch.bool, device=tokens.device).triu(1)  # [q_pos, k_pos]: what a query may not see
     resid = p["embed.W_E"][tokens] + p["pos_embed.W_pos"][:n_pos]  # [batch, pos, d_model]
     for layer in range(cfg.n_layers):
         last, b = layer == cfg.n_layers - 1, f"blocks.{layer}."
@@ -262,10 +262,11 @@ class Schedule(torch.optim.lr_scheduler.LambdaLR):
             group["weight_decay"] = self.weight_decay * ramp if group["decays"] else 0.0
 
 
-def make_optimizer(params: list[torch.nn.Parameter], config: TrainConfig) -> tuple[torch.optim.Optimizer, Schedule]:
+def make_optimizer(params: list[Tensor], config: TrainConfig, leading_dims: int = 0) -> tuple[torch.optim.Optimizer, Schedule]:
     """AdamW with its lr and weight-decay schedule. Weight matrices decay; LayerNorm
-    weights and biases (the 1-d parameters) only with `decay_norms`."""
-    decays = [p.ndim >= 2 or config.decay_norms for p in params]
+    weights and biases (the 1-d parameters) only with `decay_norms`. `leading_dims`: dims
+    in front of each parameter's own shape (models.stacked stacks runs along one)."""
+    decays = [p.ndim - leading_dims >= 2 or config.decay_norms for p in params]
     groups = [{"params": [p for p, d in zip(params, decays) if d == on], "decays": on} for on in (True, False) if on in decays]
     optimizer = torch.optim.AdamW(groups, lr=config.lr, betas=config.betas, eps=config.adam_eps, weight_decay=config.weight_decay)
     return optimizer, Schedule(optimizer, config)

@@ -65,7 +65,7 @@ def predict(model: Model, tokens: Int[Tensor, "batch pos"], batch_size: int = 81
     """argmax of the last-position logits."""
     out = []
     for chunk in tokens.split(batch_size):
-        out.append(model(chunk)[:, -1, :].argmax(-1))
+        out.append(model(chunk)[:, -1, :].argmax(-1).cpu())  # a model on a GPU answers there
     return torch.cat(out)
 
 

@@ -143,6 +143,27 @@ def test_the_shipped_phase_diagram_is_the_default_sweep_and_shows_the_papers_res
     assert largest["inferential_test_keys"] > largest["symmetric_test_keys"], largest.to_dict()
 
 
+def test_the_shipped_phase_database_so_far_shows_both_clean_phases_at_depth_2():
+    """models/sweeps/phase.db (README "Phase diagrams"): depth 2 done, with mechanism per run;
+    depths 3 and 4 pending. At depth 2 a small gamma is symmetric and gamma 0.8 inferential
+    in >= 80% of seeds at >= 0.9 on (4,3), and the composition test agrees with every clean run."""
+    from interp.sweep_report import agreement, cell_table
+
+    meta, all_rows = results(SHIPPED_DB.with_name("phase.db"))
+    done = [r for r in all_rows if r["status"] == "done"]
+    assert {r["n_layers"] for r in done} == {2} and len(done) == 50
+    assert {r["n_layers"] for r in all_rows if r["status"] != "done"} <= {3, 4}
+    assert all({"route", "route_by_position", "composition_score", "wq_groups"} <= set(r["metrics"]) for r in done)
+
+    def clean_share(gamma, label):
+        runs = [r for r in done if r["gamma"] == gamma]
+        return sum(r["label"] == label and r["metrics"][f"{label}_test_keys"] >= 0.9 for r in runs) / len(runs)
+
+    assert clean_share(0.1, "symmetric") >= 0.8 and clean_share(0.8, "inferential") >= 0.8
+    composed, scored = agreement(cell_table(meta, all_rows), "composition")
+    assert scored >= 20 and composed == scored
+
+
 @pytest.mark.parametrize(
     "grid, fixed, message",
     [
@@ -545,3 +566,12 @@ def test_report_on_a_sweep_with_a_d_model_axis(tmp_path, capsys):
     assert phase["init_std"].tolist() == pytest.approx([32 ** -0.5, 32 ** -0.8, 64 ** -0.5, 64 ** -0.8])
     out = tmp_path / "width.html"
     assert cli.main(["report", str(db), "--no-models", "--out", str(out), "--quiet"]) == 0 and out.is_file()
+
+
+def test_only_runs_the_matching_cells_and_leaves_the_rest_pending(tmp_path):
+    db = tmp_path / "s.db"
+    summary = run_sweep(tiny_spec("gamma=0.3,0.8", "seed=0"), db, workers=1, threads=1, progress=False, only={"gamma": 0.8})
+    assert (summary.ran, summary.done, summary.total) == (1, 1, 2)
+    assert {r["params"]["gamma"]: r["status"] for r in results(db)[1]} == {0.3: "pending", 0.8: "done"}
+    with pytest.raises(ValueError, match=r"does not sweep: \['lr'\]"):
+        run_sweep(None, db, resume=True, progress=False, only={"lr": 1e-3})
