@@ -290,6 +290,15 @@ def from_config(cfg: dict[str, Any], task: AnchorTask = AnchorTask(), tokenizer:
     return model
 
 
+def from_weights(cfg: dict[str, Any], weights: dict[str, torch.Tensor], task: AnchorTask = AnchorTask()) -> Model:
+    """A model from config kwargs and HookedTransformer-format weights (`tl_state_dict`),
+    biases frozen as `build` leaves them."""
+    model = from_config(cfg, task)
+    load_tl_state(model, weights)
+    freeze_biases(model)
+    return model
+
+
 def final_residual(
     model: Model,
     inputs: Int[Tensor, "batch pos"] | Float[Tensor, "batch pos d_model"],

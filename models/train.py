@@ -245,6 +245,16 @@ class TrainResult:
     history: list[dict[str, float]]  # one row per evaluation
     stopped_early: bool
 
+    # A process pool pickles results on their way to its workers (the stacked sweep), and a
+    # TransformerLens 4 bridge cannot be pickled: the model travels as its checkpoint weights.
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "model": (hooked.tl_state_dict(self.model), self.model.training)}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        weights, training = state["model"]
+        self.__dict__.update(state)
+        self.model = hooked.from_weights(self.config.hooked_config(), weights, self.config.task).train(training)
+
 
 class Schedule(torch.optim.lr_scheduler.LambdaLR):
     """The lr: linear warmup, then cosine decay to 0 at max_steps. The weight decay: a
