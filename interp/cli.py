@@ -36,7 +36,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--arch", type=_arch_value, action="append", default=[], metavar="KEY=VALUE",
-                   help="HookedTransformerConfig override, e.g. --arch d_model=256 (repeatable)")
+                   help="model config override (a HookedTransformerConfig / TransformerBridgeConfig field), e.g. --arch d_model=256 (repeatable)")
     skip = {"gamma", "n_layers", "seed", "arch", "task", "betas"}
     for f in dataclasses.fields(TrainConfig):
         if f.name in skip:
@@ -89,7 +89,7 @@ def _add_sweep(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("sweep", help="train a grid of models (phase diagram) into a SQLite file; resumable",
                        description="Train one model per cell of a grid and record what each learned in one SQLite "
                                    "file. Axes: any TrainConfig field (gamma, n_layers, seed, lr, weight_decay, "
-                                   "dataset_size, ...) or HookedTransformerConfig field (d_model, ...).")
+                                   "dataset_size, ...) or model config field (d_model, ...).")
     p.add_argument("--db", required=True, help="the sweep's SQLite file (created; with --resume, continued)")
     p.add_argument("--spec", help="TOML grid file, or the name of a shipped one (default without --grid: models/sweeps/default.toml)")
     p.add_argument("--grid", action="append", default=[], metavar="NAME=V1,V2,...",

@@ -22,7 +22,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from interp.flow import check_index
-from models.hooked import HookedTransformer, check_model_fits_task, weight_names
+from models.hooked import Model, check_model_fits_task, tl_params, weight_names
 from models.task import AnchorTask
 
 CONDENSATION_THRESHOLD = 0.7
@@ -60,7 +60,7 @@ class Condensation:
         }
 
 
-def wq_condensation(model: HookedTransformer, layer: int = 0, threshold: float = CONDENSATION_THRESHOLD) -> Condensation:
+def wq_condensation(model: Model, layer: int = 0, threshold: float = CONDENSATION_THRESHOLD) -> Condensation:
     """Cosine matrix of the query neurons of `layer` (all heads) and their condensation groups."""
     from sklearn.cluster import AgglomerativeClustering
 
@@ -96,7 +96,7 @@ class EmbeddingStructure:
         }
 
 
-def embedding_structure(model: HookedTransformer, task: AnchorTask = AnchorTask(), n_components: int = 3) -> EmbeddingStructure:
+def embedding_structure(model: Model, task: AnchorTask = AnchorTask(), n_components: int = 3) -> EmbeddingStructure:
     """Covariance eigenvalues and PCA of the key tokens' embeddings."""
     from sklearn.decomposition import PCA
     from sklearn.linear_model import LinearRegression
@@ -140,9 +140,9 @@ class Spectra:
         return {"stable_rank": self.stable_rank}
 
 
-def spectra(model: HookedTransformer) -> Spectra:
+def spectra(model: Model) -> Spectra:
     """Singular values of every weight matrix (embeddings, W_Q/K/V/O, MLP, unembedding)."""
-    params = dict(model.named_parameters())
+    params = tl_params(model)
     return Spectra({name: torch.linalg.svdvals(_as_matrix(name, params[name].detach())) for name in weight_names(model)})
 
 
@@ -156,6 +156,6 @@ class Complexity:
         return {"wq_condensation": self.condensation.to_dict(), "embedding": self.embedding.to_dict(), **self.spectra.to_dict()}
 
 
-def weight_complexity(model: HookedTransformer, task: AnchorTask = AnchorTask(), threshold: float = CONDENSATION_THRESHOLD) -> Complexity:
+def weight_complexity(model: Model, task: AnchorTask = AnchorTask(), threshold: float = CONDENSATION_THRESHOLD) -> Complexity:
     """All three measures (first-layer W_Q condensation at `threshold`)."""
     return Complexity(wq_condensation(model, 0, threshold), embedding_structure(model, task), spectra(model))

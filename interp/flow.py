@@ -58,7 +58,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from models.hooked import HookedTransformer, check_model_fits_task
+from models.hooked import Model, check_model_fits_task
 from models.task import ROLES, AnchorBatch, AnchorTask, PromptLike, role_membership
 
 FlowKind = Literal["attention", "value"]
@@ -121,7 +121,7 @@ def _wanted(name: str) -> bool:
 
 
 @torch.inference_mode()
-def _read(model: HookedTransformer, tokens: Int[Tensor, "batch pos"]) -> tuple[Tensor, Tensor, Tensor]:
+def _read(model: Model, tokens: Int[Tensor, "batch pos"]) -> tuple[Tensor, Tensor, Tensor]:
     """Attention patterns, value norms through W_O, and the predicted token, from one cached
     forward pass per chunk that keeps only the two hooks needed."""
     n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
@@ -154,7 +154,7 @@ def flow_prompts(task: AnchorTask, n: int, seed: int = 0) -> AnchorBatch:
     return task.sample(n, torch.Generator().manual_seed(seed), pairs=task.pairs, keys="any")
 
 
-def trace_flows(model: HookedTransformer, prompts: Sequence[PromptLike] | Tensor | AnchorBatch, task: AnchorTask = AnchorTask()) -> FlowBatch:
+def trace_flows(model: Model, prompts: Sequence[PromptLike] | Tensor | AnchorBatch, task: AnchorTask = AnchorTask()) -> FlowBatch:
     """Flow for many prompts at once (a list of prompts, a [batch, pos] token tensor, or an
     AnchorBatch), with tensor ops only: no Python loop per prompt."""
     check_model_fits_task(model, task)
@@ -163,7 +163,7 @@ def trace_flows(model: HookedTransformer, prompts: Sequence[PromptLike] | Tensor
     return FlowBatch(batch, attention, value_norms, prediction)
 
 
-def trace_flow(model: HookedTransformer, prompt: PromptLike, task: AnchorTask = AnchorTask()) -> Flow:
+def trace_flow(model: Model, prompt: PromptLike, task: AnchorTask = AnchorTask()) -> Flow:
     """Flow for one prompt: "23 1 2 43 46 74 54 44 72", a list of ints or a token tensor
     ([pos], or [1, pos]); several prompts go to `trace_flows`."""
     batch = task.prompt(prompt)

@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 
 from interp.complexity import spectra, wq_condensation
 from interp.flow import flow_prompts, trace_flows
-from models.hooked import HookedTransformer
+from models.hooked import Model
 from models.sweep import Cell, SweepSpec, SweepStore, open_sweep, process_alive
 from models.task import AnchorTask
 from models.hooked import save
@@ -52,7 +52,7 @@ MECHANISM_PAIRS = 128
 
 
 # ---- one cell ---------------------------------------------------------------------------
-def mechanism(model: HookedTransformer, task: AnchorTask = AnchorTask(), n_flow_prompts: int = MECHANISM_FLOW_PROMPTS,
+def mechanism(model: Model, task: AnchorTask = AnchorTask(), n_flow_prompts: int = MECHANISM_FLOW_PROMPTS,
               n_pairs: int = MECHANISM_PAIRS) -> dict[str, Any]:
     """What a sweep records of a model's mechanism, as JSON values:
     - route: `trace_flows(...).route()` on random prompts (inferential / symmetric / mixed / other);

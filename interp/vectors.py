@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from models.hooked import HookedTransformer, check_model_fits_task
+from models.hooked import Model, check_model_fits_task
 from models.task import ROLES, AnchorBatch, AnchorTask, role_membership
 
 POSITIONS = tuple(role for role in ROLES if role != "noise")  # the roles held by one position each
@@ -61,7 +61,7 @@ def anchor_grid(
     return task.prompts(tokens)  # validates keys and pairs
 
 
-def check_hooks(model: HookedTransformer, hooks: Sequence[str]) -> list[str]:
+def check_hooks(model: Model, hooks: Sequence[str]) -> list[str]:
     """Refuse hook names the model does not have, listing the valid ones."""
     unknown = [h for h in hooks if h not in model.hook_dict]
     if unknown:
@@ -85,7 +85,7 @@ def _position_index(position: str | int, prompts: AnchorBatch) -> Int[Tensor, " 
 
 @torch.inference_mode()
 def anchor_vectors(
-    model: HookedTransformer,
+    model: Model,
     task: AnchorTask = AnchorTask(),
     hooks: Sequence[str] | None = None,
     position: str | int = "last",

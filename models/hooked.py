@@ -1,17 +1,28 @@
 """The one place that builds TransformerLens models: config, gamma initialization, checkpoints.
 
-Every other module gets its HookedTransformer from here, so moving to TransformerLens'
-TransformerBridge later touches this file only.
+Both TransformerLens lines are supported, and this module is the only one that knows which
+is installed:
+- 3.9: models are `HookedTransformer`s;
+- 4.x (which removed HookedTransformer): models are `TransformerBridge`s booted natively
+  (`TransformerBridge.boot_native(TransformerBridgeConfig(**cfg))`) from the same config.
+Hook names, `run_with_cache`, `run_with_hooks`, `cfg` and the `W_Q`/`W_E`/... weight
+properties are the same on both. What differs is where the parameters live (the bridge's are
+nn.Linear-shaped, under other names), so everything that reads or writes weights by name goes
+through `tl_params` / `tl_state_dict` / `load_tl_state`, which speak HookedTransformer's names
+and shapes on both lines.
 
-Checkpoint folder (loads without this package too):
-    config.json        kwargs for HookedTransformerConfig(**cfg)
-    model.safetensors  HookedTransformer.state_dict()
+Checkpoint folder (loads without this package too, on either line):
+    config.json        kwargs for HookedTransformerConfig(**cfg) / TransformerBridgeConfig(**cfg)
+    model.safetensors  HookedTransformer.state_dict() (TransformerLens 4 converts it on load:
+                       transformer_lens.utilities.tl_checkpoint_conversion.convert_tl_checkpoint)
+    tokenizer.json     the task's word-level tokenizer (models.tokenizer)
     card.json          how it was made: command, seed, time, measured accuracies, gamma, std
 """
 
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
 import math
 import os
@@ -20,25 +31,45 @@ import tempfile
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from importlib.metadata import version
+from typing import Any, Sequence, Union
 
 import torch
+from jaxtyping import Float, Int
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
+from torch import Tensor
+
+TL_VERSION = version("transformer_lens")
+TL4 = int(TL_VERSION.split(".")[0]) >= 4  # 4.0 removed HookedTransformer for TransformerBridge
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")  # transformers' import-time chatter is not ours to show
-    from transformer_lens import HookedTransformer, HookedTransformerConfig
+    if TL4:
+        from transformer_lens import TransformerBridge
+        from transformer_lens.config import TransformerBridgeConfig as LensConfig
+        # the activations boot_native accepts (4.3 keeps the table private; its config checks none)
+        from transformer_lens.model_bridge.sources.native.model import _ACTIVATIONS as NATIVE_ACTIVATIONS
+        from transformer_lens.utilities.tl_checkpoint_conversion import convert_tl_checkpoint
+    else:
+        from transformer_lens import HookedTransformer
+        from transformer_lens import HookedTransformerConfig as LensConfig
 
 from models.files import OutputPathError, check_folder, default_mode
 from models.task import AnchorTask
+from models.tokenizer import TOKENIZER_FILE, AnchorTokenizer, load_tokenizer, save_tokenizer, task_tokenizer
+
+# What `build` and `load` return: a HookedTransformer on TransformerLens 3.9, a
+# TransformerBridge on 4.x. Use it for annotations; code that needs to tell them apart
+# belongs in this module.
+Model = Union["TransformerBridge", "HookedTransformer"]
 
 ZOO = Path(__file__).parent / "zoo"
 CONFIG_FILE, WEIGHTS_FILE, CARD_FILE = "config.json", "model.safetensors", "card.json"
 
 # Architecture defaults: the paper's model (1 head, MLP 3x, ReLU, learned positions, no
-# biases) at a width that trains in minutes on 2 CPU cores. Pre-LN is what
-# HookedTransformer has (the paper's is post-LN; its follow-up used pre-LN too).
+# biases) at a width that trains in minutes on 2 CPU cores. Pre-LN is what HookedTransformer
+# and 4.x's native bridge have (the paper's is post-LN; its follow-up used pre-LN too).
 ARCH_DEFAULTS: dict[str, Any] = dict(
     d_model=128,
     n_heads=1,
@@ -64,8 +95,14 @@ def _quiet_deprecation():
         yield
 
 
+def config_fields() -> set[str]:
+    """The settings a model config accepts (HookedTransformerConfig's or TransformerBridgeConfig's)."""
+    inits = [vars(cls)["__init__"] for cls in LensConfig.__mro__ if "__init__" in vars(cls)]  # 4.x: d_mlp is the base's
+    return {name for init in inits for name in inspect.signature(init).parameters} - {"self", "args", "kwargs"}
+
+
 def hooked_config(task: AnchorTask = AnchorTask(), n_layers: int = 2, **overrides) -> dict[str, Any]:
-    """JSON-able kwargs for HookedTransformerConfig: vocabulary and context from the task,
+    """JSON-able kwargs for the model config (either line): vocabulary and context from the task,
     architecture from ARCH_DEFAULTS, anything else from `overrides`; checked (`check_arch`)
     before any model is built."""
     cfg = dict(ARCH_DEFAULTS, n_layers=n_layers, d_vocab=task.vocab_size, n_ctx=task.seq_len)
@@ -88,18 +125,29 @@ def check_arch(cfg: dict[str, Any]) -> None:
             continue
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    try:
-        with _quiet_deprecation():
-            checked = HookedTransformerConfig(**cfg)
-    except (AssertionError, TypeError, ValueError) as err:
-        raise ValueError(f"invalid architecture: {err}") from None
-    n_params = checked.n_params + 2 * cfg["d_vocab"] * cfg["d_model"] + cfg["n_ctx"] * cfg["d_model"]
+    n_params = _n_weights(cfg)
     if n_params > MAX_PARAMS:
         raise ValueError(f"the architecture has {n_params:.3g} weights (more than {MAX_PARAMS:.0e}): too large to build here")
+    if TL4 and cfg.get("act_fn") not in NATIVE_ACTIVATIONS:  # 3.9's config checks this itself; 4.x's fails only at boot
+        raise ValueError(f"invalid architecture: act_fn={cfg.get('act_fn')} must be one of {sorted(NATIVE_ACTIVATIONS)}")
+    try:
+        with _quiet_deprecation():
+            LensConfig(**cfg)
+    except (AssertionError, TypeError, ValueError) as err:
+        raise ValueError(f"invalid architecture: {err}") from None
 
 
-def fan_in(name: str, param: torch.Tensor, cfg: HookedTransformerConfig) -> int:
-    """True fan-in of a weight matrix: the size of the vector it multiplies."""
+def _n_weights(cfg: dict[str, Any]) -> int:
+    """Weights of a standard block stack plus embeddings and unembedding: a size guard, so
+    the same on both TransformerLens lines (4.x's config does not count them)."""
+    d_model, n_layers = cfg["d_model"], cfg["n_layers"]
+    attention = 4 * d_model * cfg["d_head"] * cfg["n_heads"]
+    mlp = 0 if cfg.get("attn_only") else 2 * d_model * (cfg.get("d_mlp") or 4 * d_model)
+    return n_layers * (attention + mlp) + 2 * cfg["d_vocab"] * d_model + cfg["n_ctx"] * d_model
+
+
+def fan_in(name: str, param: torch.Tensor, cfg: Any) -> int:
+    """True fan-in of a weight matrix (HookedTransformer name): the size of the vector it multiplies."""
     leaf = name.rsplit(".", 1)[-1]
     if leaf in ("W_E", "W_pos"):
         return cfg.d_model  # the paper's convention for embeddings
@@ -112,34 +160,93 @@ def fan_in(name: str, param: torch.Tensor, cfg: HookedTransformerConfig) -> int:
     raise KeyError(f"no fan-in rule for parameter {name}")
 
 
-def weight_names(model: HookedTransformer) -> list[str]:
-    """Every weight matrix the gamma rule applies to."""
-    return [n for n, _ in model.named_parameters() if n.rsplit(".", 1)[-1].startswith("W_")]
+# ---- parameters under HookedTransformer's names, on either line ------------------------
+# HookedTransformer's parameter order inside a block. The gamma init draws the weight
+# matrices in this order on both lines, so a seed gives the same initial weights on each.
+_BLOCK_ORDER = ("ln1.w", "ln1.b", "ln2.w", "ln2.b", "attn.W_Q", "attn.W_O", "attn.b_Q", "attn.b_O",
+                "attn.W_K", "attn.W_V", "attn.b_K", "attn.b_V", "mlp.W_in", "mlp.b_in", "mlp.W_out", "mlp.b_out")
+_TOP_ORDER = ("embed.W_E", "pos_embed.W_pos", "blocks", "ln_final.w", "ln_final.b", "unembed.W_U", "unembed.b_U")
 
 
-def init_std(name: str, model: HookedTransformer, gamma: float) -> float:
-    param = dict(model.named_parameters())[name]
-    return fan_in(name, param, model.cfg) ** -gamma
+def _order_key(name: str) -> tuple:
+    if name.startswith("blocks."):
+        _, layer, rest = name.split(".", 2)
+        return (_TOP_ORDER.index("blocks"), int(layer), _BLOCK_ORDER.index(rest) if rest in _BLOCK_ORDER else len(_BLOCK_ORDER), rest)
+    return (_TOP_ORDER.index(name) if name in _TOP_ORDER else len(_TOP_ORDER), 0, 0, name)
 
 
-def build(gamma: float, n_layers: int = 2, seed: int = 0, task: AnchorTask = AnchorTask(), **overrides) -> HookedTransformer:
-    """A HookedTransformer for `task` whose every weight matrix is drawn from
-    N(0, fan_in^(-2 gamma)), biases zero (and frozen: the paper's model has none),
-    LayerNorm weights one."""
+def tl_params(model: Model) -> dict[str, torch.Tensor]:
+    """Every parameter under its HookedTransformer name and shape ("blocks.0.attn.W_Q":
+    [head, d_model, d_head], ...), in HookedTransformer's order. On 3.9 these are the
+    parameters themselves; on 4.x they are differentiable views of the bridge's parameters
+    (a gradient through them lands on the parameter the optimizer updates)."""
+    params = dict(model.get_params()) if TL4 else dict(model.named_parameters())
+    if TL4:  # get_params zero-fills biases a component lacks; only the bridge's own tensors here
+        own = _bridge_tensors(model, params)
+        params = {name: t for name, t in params.items() if name in own}
+    return {name: params[name] for name in sorted(params, key=_order_key)}
+
+
+def _bridge_tensors(model: Model, params: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """HookedTransformer name -> the bridge parameter (or buffer: 4.x keeps the unembedding
+    bias as one) behind it, for the names in `params` that have one (4.x)."""
+    own = model.state_dict(keep_vars=True)  # keep_vars: the tensors themselves, not detached copies
+    keys = {name: next(iter(convert_tl_checkpoint({name: torch.empty(t.shape)}, model.cfg))) for name, t in params.items()}
+    return {name: own[key] for name, key in keys.items() if key in own}
+
+
+def tl_state_dict(model: Model) -> dict[str, torch.Tensor]:
+    """The checkpoint format: HookedTransformer.state_dict(), on either line (4.x adds the
+    attention buffers 3.9 keeps in it, so a 4.x checkpoint loads into a HookedTransformer)."""
+    if not TL4:
+        return {name: t.detach() for name, t in model.state_dict().items()}
+    state = {name: t.detach().clone() for name, t in model.get_params().items()}
+    for layer in range(model.cfg.n_layers):  # HookedTransformer's lazily built mask, and its -inf
+        state[f"blocks.{layer}.attn.mask"] = torch.zeros((0, 0), dtype=torch.bool)
+        state[f"blocks.{layer}.attn.IGNORE"] = torch.tensor(float("-inf"))
+    return {name: state[name] for name in sorted(state, key=_order_key)}
+
+
+_BUFFERS = (".attn.mask", ".attn.IGNORE")  # HookedTransformer buffers; the bridge rebuilds its own
+
+
+def load_tl_state(model: Model, state: dict[str, torch.Tensor]) -> None:
+    """Load a HookedTransformer state dict (a checkpoint, or new weights) into the model."""
+    if not TL4:
+        model.load_state_dict(state)
+        return
+    weights = {name: t for name, t in state.items() if not name.endswith(_BUFFERS)}
+    model.load_state_dict(convert_tl_checkpoint(weights, model.cfg), strict=True)
+
+
+def weight_names(model: Model) -> list[str]:
+    """Every weight matrix the gamma rule applies to (HookedTransformer names)."""
+    return [n for n in tl_params(model) if n.rsplit(".", 1)[-1].startswith("W_")]
+
+
+def init_std(name: str, model: Model, gamma: float) -> float:
+    return fan_in(name, tl_params(model)[name], model.cfg) ** -gamma
+
+
+def build(gamma: float, n_layers: int = 2, seed: int = 0, task: AnchorTask = AnchorTask(), **overrides) -> Model:
+    """A model for `task` whose every weight matrix is drawn from N(0, fan_in^(-2 gamma)),
+    biases zero (and frozen: the paper's model has none), LayerNorm weights one. The same
+    seed gives the same weights on both TransformerLens lines."""
     check_gamma(gamma)
-    model = from_config(hooked_config(task, n_layers, **overrides))
+    model = from_config(hooked_config(task, n_layers, **overrides), task)
     generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            leaf = name.rsplit(".", 1)[-1]
-            if leaf.startswith("W_"):
-                param.copy_(torch.randn(param.shape, generator=generator) * fan_in(name, param, model.cfg) ** -gamma)
-            elif leaf in BIAS_NAMES or leaf == "b":  # b: LayerNorm bias
-                param.zero_()
-            elif leaf == "w":  # LayerNorm weight
-                param.fill_(1.0)
-            else:
-                raise KeyError(f"no initialization rule for parameter {name}")
+    initial = {}
+    for name, param in tl_params(model).items():
+        leaf = name.rsplit(".", 1)[-1]
+        if leaf.startswith("W_"):
+            initial[name] = torch.randn(param.shape, generator=generator) * fan_in(name, param, model.cfg) ** -gamma
+        elif leaf in BIAS_NAMES or leaf == "b":  # b: LayerNorm bias
+            initial[name] = torch.zeros(param.shape)
+        elif leaf == "w":  # LayerNorm weight
+            initial[name] = torch.ones(param.shape)
+        else:
+            raise KeyError(f"no initialization rule for parameter {name}")
+    load_tl_state(model, {**tl_state_dict(model), **initial})
     freeze_biases(model)
     return model
 
@@ -150,23 +257,105 @@ def check_gamma(gamma: float) -> None:
         raise ValueError(f"gamma must be a number in [{lo}, {hi}] (std = fan_in^-gamma), got {gamma!r}")
 
 
-def freeze_biases(model: HookedTransformer) -> None:
-    for name, param in model.named_parameters():
+def freeze_biases(model: Model) -> None:
+    params = tl_params(model)
+    own = _bridge_tensors(model, params) if TL4 else params  # on 4.x, the parameters behind the views
+    for name in params:
         if name.rsplit(".", 1)[-1] in BIAS_NAMES:
-            param.requires_grad_(False)
+            own[name].requires_grad_(False)
 
 
-def from_config(cfg: dict[str, Any]) -> HookedTransformer:
-    """An untrained HookedTransformer from config kwargs (TransformerLens' own init)."""
-    with _quiet_deprecation():
-        # On CPU unless the config says otherwise: left unset, TransformerLens picks the GPU
-        # when there is one and then sends every input there, while these weights stay here.
-        # `model.to("cuda")` moves a model and its config together.
-        return HookedTransformer(HookedTransformerConfig(**{"device": "cpu", **cfg}), move_to_device=False)
+def from_config(cfg: dict[str, Any], task: AnchorTask = AnchorTask(), tokenizer: AnchorTokenizer | None = None) -> Model:
+    """An untrained model from config kwargs (TransformerLens' own init): a HookedTransformer
+    on 3.9, a natively booted TransformerBridge on 4.x, with `tokenizer` (default: the
+    task's) set the way each line sets one up. Prompts get no BOS (the task has none)."""
+    tokenizer = task_tokenizer(task) if tokenizer is None else tokenizer
+    # On CPU unless the config says otherwise: left unset, TransformerLens picks the GPU
+    # when there is one and then sends every input there, while these weights stay here.
+    # `model.to("cuda")` moves a model and its config together.
+    cfg = {"device": "cpu", **cfg}
+    if TL4:
+        # set at boot, once: reassigning a bridge's tokenizer re-runs its set-up, which
+        # would reload this one by name from the Hugging Face hub
+        model = TransformerBridge.boot_native(LensConfig(**cfg), tokenizer=tokenizer)
+        if model.cfg.use_attn_scale and model.cfg.attn_scale <= 0:
+            # 4.x's "-1: sqrt(d_head)" sentinel, written out as 3.9 has it: the fused
+            # training forward reads cfg.attn_scale
+            model.cfg.attn_scale = model.cfg.d_head**0.5
+    else:
+        with _quiet_deprecation():
+            model = HookedTransformer(LensConfig(**cfg), move_to_device=False)
+        model.set_tokenizer(tokenizer)
+    model.cfg.default_prepend_bos = False
+    return model
+
+
+def from_weights(cfg: dict[str, Any], weights: dict[str, torch.Tensor], task: AnchorTask = AnchorTask()) -> Model:
+    """A model from config kwargs and HookedTransformer-format weights (`tl_state_dict`),
+    biases frozen as `build` leaves them."""
+    model = from_config(cfg, task)
+    load_tl_state(model, weights)
+    freeze_biases(model)
+    return model
+
+
+def is_hooked_transformer(model: Model) -> bool:
+    """A TransformerLens 3.x HookedTransformer, whose blocks code may call directly (a 4.x
+    bridge's blocks take other arguments)."""
+    return not TL4 and isinstance(model, HookedTransformer)
+
+
+def final_residual(
+    model: Model,
+    inputs: Int[Tensor, "batch pos"] | Float[Tensor, "batch pos d_model"],
+    fwd_hooks: Sequence[tuple[str, Any]] = (),
+    start_at_layer: int | None = None,
+) -> Float[Tensor, "batch pos d_model"]:
+    """The residual stream leaving the last block (before the final norm), with `fwd_hooks`
+    applied and hooks removed afterwards even when the forward raises; `start_at_layer`
+    makes `inputs` the residual entering that block. 3.9 stops at the last block
+    (`stop_at_layer=n_layers`); 4.x runs to the end there, so the residual is read at the
+    final norm's input instead."""
+    if not TL4:
+        return model.run_with_hooks(inputs, start_at_layer=start_at_layer, stop_at_layer=model.cfg.n_layers, fwd_hooks=list(fwd_hooks))
+    captured = {}
+
+    def keep(resid: Tensor, hook) -> None:
+        captured["resid"] = resid
+
+    where = "ln_final.hook_in" if "ln_final.hook_in" in model.hook_dict else "unembed.hook_in"
+    model.run_with_hooks(inputs, start_at_layer=start_at_layer, fwd_hooks=[*_writable_resid_mid(fwd_hooks), (where, keep)], return_type=None)
+    return captured["resid"]
+
+
+def _writable_resid_mid(fwd_hooks: Sequence[tuple[str, Any]]) -> list[tuple[str, Any]]:
+    """4.3's `blocks.L.hook_resid_mid` is a tap: it reads the stream, but what a hook returns
+    there never reaches it (3.9's does; tests/test_hooks.py writes through every point on
+    both lines). resid_mid = resid_pre + attn_out, so such a hook runs at `hook_attn_out`
+    instead: it gets resid_pre + attn_out, and what it returns, less resid_pre, goes on as
+    the attention output. Appended last, after any other hook at those points."""
+    kept, moved = [], []
+    for name, fn in fwd_hooks:
+        block, _, point = name.rpartition(".")
+        if point != "hook_resid_mid":
+            kept.append((name, fn))
+            continue
+        pre: dict[str, Tensor] = {}
+
+        def read_pre(resid: Tensor, hook, pre=pre) -> None:  # [batch, pos, d_model]
+            pre["resid"] = resid
+
+        def write_mid(attn_out: Tensor, hook, fn=fn, pre=pre) -> Tensor:
+            mid = pre["resid"] + attn_out  # [batch, pos, d_model]
+            patched = fn(mid, hook)
+            return attn_out if patched is None else patched - pre["resid"]
+
+        moved += [(f"{block}.hook_resid_pre", read_pre), (f"{block}.hook_attn_out", write_mid)]
+    return kept + moved
 
 
 # ---- checkpoints ------------------------------------------------------------------------
-def save(model: HookedTransformer, out: str | os.PathLike, card: dict[str, Any], config: dict[str, Any], overwrite: bool = False) -> Path:
+def save(model: Model, out: str | os.PathLike, card: dict[str, Any], config: dict[str, Any], overwrite: bool = False) -> Path:
     """Write a checkpoint folder atomically: everything goes to a temporary sibling folder
     that replaces `out` by renames, so a crash never leaves half a checkpoint. Replacing an
     old checkpoint moves it aside to `.NAME.old` first; if the process dies between the two
@@ -181,9 +370,10 @@ def save(model: HookedTransformer, out: str | os.PathLike, card: dict[str, Any],
     moved = False
     try:
         os.chmod(tmp, default_mode("folder"))  # mkdtemp makes it private
-        state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+        state = {k: v.contiguous() for k, v in tl_state_dict(model).items()}
         save_file(state, str(tmp / WEIGHTS_FILE))
         os.chmod(tmp / WEIGHTS_FILE, default_mode())
+        save_tokenizer(model.tokenizer, tmp / TOKENIZER_FILE)
         _write_json(tmp / CONFIG_FILE, config)
         _write_json(tmp / CARD_FILE, card)
         if out.exists():
@@ -275,13 +465,14 @@ def resolve(name_or_path: str | os.PathLike) -> Path:
     return path
 
 
-def load(name_or_path: str | os.PathLike) -> HookedTransformer:
-    """A checkpoint as a HookedTransformer, checked against its config; its card (which
-    names the task) is checked too, so a folder that `classify` or `report` would trip on
-    is refused here."""
+def load(name_or_path: str | os.PathLike) -> Model:
+    """A checkpoint as a model (HookedTransformer or TransformerBridge, by the installed
+    TransformerLens), checked against its config, with the checkpoint's tokenizer (the task's,
+    for a folder saved before tokenizers were shipped); its card (which names the task) is
+    checked too, so a folder that `classify` or `report` would trip on is refused here."""
     path = resolve(name_or_path)
     config = read_json(path / CONFIG_FILE)
-    task_of(path)
+    task = task_of(path)
     weights_path = path / WEIGHTS_FILE
     if not weights_path.is_file():
         raise CheckpointError(f"checkpoint file missing: {weights_path}")
@@ -290,10 +481,11 @@ def load(name_or_path: str | os.PathLike) -> HookedTransformer:
     except (SafetensorError, OSError) as err:
         raise CheckpointError(f"{weights_path} cannot be read (truncated or corrupt): {err}") from None
     try:
-        model = from_config(config)
+        tokenizer = load_tokenizer(path / TOKENIZER_FILE, task) if (path / TOKENIZER_FILE).is_file() else None
+        model = from_config(config, task, tokenizer)
     except (TypeError, ValueError, AssertionError) as err:
-        raise CheckpointError(f"{path / CONFIG_FILE} is not a valid HookedTransformerConfig: {err}") from None
-    expected = model.state_dict()
+        raise CheckpointError(f"{path / CONFIG_FILE} is not a valid {LensConfig.__name__}: {err}") from None
+    expected = tl_state_dict(model)
     missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
     wrong = [f"{k}: file {tuple(state[k].shape)} vs config {tuple(v.shape)}" for k, v in expected.items() if k in state and state[k].shape != v.shape]
     if missing or unexpected or wrong:
@@ -301,7 +493,7 @@ def load(name_or_path: str | os.PathLike) -> HookedTransformer:
             f"{weights_path} does not match {CONFIG_FILE} (from another config?): "
             + "; ".join(filter(None, [missing and f"missing {missing[:5]}", unexpected and f"unexpected {unexpected[:5]}", "; ".join(wrong[:5])]))
         )
-    model.load_state_dict(state)
+    load_tl_state(model, state)
     freeze_biases(model)
     model.eval()
     return model
@@ -340,8 +532,8 @@ def task_of(name_or_path: str | os.PathLike) -> AnchorTask:
     return _task_from_card(info["task"], resolve(name_or_path) / CARD_FILE) if "task" in info else AnchorTask()
 
 
-def check_model_fits_task(model: HookedTransformer | dict[str, Any], task: AnchorTask) -> None:
-    """Refuse a model (or HookedTransformerConfig kwargs) whose context or vocabulary cannot
+def check_model_fits_task(model: Model | dict[str, Any], task: AnchorTask) -> None:
+    """Refuse a model (or its config kwargs) whose context or vocabulary cannot
     hold the task's prompts."""
     n_ctx, d_vocab = (model["n_ctx"], model["d_vocab"]) if isinstance(model, dict) else (model.cfg.n_ctx, model.cfg.d_vocab)
     if n_ctx != task.seq_len or d_vocab < task.vocab_size:

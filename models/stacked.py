@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import time
-from typing import Iterator
+from typing import Any, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -38,7 +38,7 @@ def check_stackable(configs: list[TrainConfig]) -> None:
 
 def stacked_logits(
     params: dict[str, Float[Tensor, "model ..."]],
-    cfg: hooked.HookedTransformerConfig,
+    cfg: Any,
     tokens: Int[Tensor, "model batch pos"] | Int[Tensor, "batch pos"],
     precision: str = "fp32",
 ) -> Float[Tensor, "model batch d_vocab"]:
@@ -67,7 +67,7 @@ def stacked_batches(configs: list[TrainConfig], pool: cf.Executor) -> Iterator[t
 
 
 @torch.inference_mode()
-def stacked_live_metrics(params: dict[str, Tensor], cfg: hooked.HookedTransformerConfig, sets: dict, targets: dict) -> list[dict[str, float]]:
+def stacked_live_metrics(params: dict[str, Tensor], cfg: Any, sets: dict, targets: dict) -> list[dict[str, float]]:
     """`train.live_metrics` for every model of the stack."""
     seen, held = sets["seen_test"], sets["held_test"]
     pred_seen = stacked_logits(params, cfg, seen.tokens).argmax(-1)  # [model, batch]

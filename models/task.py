@@ -258,9 +258,7 @@ class AnchorTask:
         bad = (tokens < 0) | (tokens >= self.vocab_size)
         if bad.any():
             row, col = bad.nonzero()[0].tolist()
-            raise ValueError(
-                f"token {tokens[row, col].item()} at position {col} of prompt {row} is outside the vocabulary 0..{self.vocab_size - 1}"
-            )
+            raise self.vocabulary_error(tokens[row, col].item(), col, row)
         is_anchor = torch.isin(tokens, torch.tensor(self.anchors))  # [batch, pos]
         first = is_anchor.int().argmax(dim=1)  # first anchor position per prompt
         rows = torch.arange(len(tokens))
@@ -280,6 +278,11 @@ class AnchorTask:
             row = int(bad_key.nonzero()[0])
             raise ValueError(f"prompt {row}: key {key[row].item()} at position {key_pos[row].item()} is outside {self.key_min}..{self.key_max}")
         return AnchorBatch(tokens, key, key_pos, a1, a2, key + self._shift_table("label")[a1, a2])
+
+    def vocabulary_error(self, token: int | str, position: int, prompt: int) -> ValueError:
+        """The one error for a token outside the vocabulary: a bad id in a token tensor, or a
+        word the tokenizer does not know in a string prompt (models.tokenizer)."""
+        return ValueError(f"token {token!r} at position {position} of prompt {prompt} is outside the vocabulary 0..{self.vocab_size - 1}")
 
     def _tokens_of(self, prompt: PromptLike) -> Int[Tensor, " pos"]:
         if isinstance(prompt, str):

@@ -58,7 +58,7 @@ class TrainConfig:
     min_steps: int = 600  # never stop before this
     patience: int = 4  # stop after this many evals with the solution unchanged...
     settle_tol: float = 0.02  # ...its (4,3) accuracies moving less than this
-    arch: dict[str, Any] = field(default_factory=dict)  # HookedTransformerConfig overrides (d_model, ...)
+    arch: dict[str, Any] = field(default_factory=dict)  # model config overrides (d_model, ...)
     task: AnchorTask = AnchorTask()
 
     def __post_init__(self):
@@ -111,7 +111,7 @@ class TrainConfig:
 
 
 def _hooked_config_fields() -> set[str]:
-    return {f.name for f in dataclasses.fields(hooked.HookedTransformerConfig)}
+    return hooked.config_fields()
 
 
 # Config values the fused forward below reproduces; any other config trains through the
@@ -133,7 +133,7 @@ _FUSED_FORWARD_CONFIG = dict(
 _FUSED_ACTIVATIONS = {"relu": F.relu, "gelu": F.gelu}
 
 
-def uses_fused_forward(cfg: hooked.HookedTransformerConfig) -> bool:
+def uses_fused_forward(cfg: Any) -> bool:
     return (
         all(getattr(cfg, key) == value for key, value in _FUSED_FORWARD_CONFIG.items())
         and cfg.normalization_type in ("LN", None)
@@ -146,25 +146,26 @@ def uses_fused_forward(cfg: hooked.HookedTransformerConfig) -> bool:
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
-def fused_parameters(model: hooked.HookedTransformer) -> dict[str, Tensor]:
-    """The parameters `fused_logits` reads, by name. A frozen bias that is all zeros (every
-    bias of a gamma-init model: the paper's model has none) is left out, which removes its
-    add from the step; any other bias stays in."""
+def fused_parameters(model: hooked.Model) -> dict[str, Tensor]:
+    """The parameters `fused_logits` reads, by HookedTransformer name and shape (on
+    TransformerLens 4, views of the bridge's parameters that pass gradients through). A
+    frozen bias that is all zeros (every bias of a gamma-init model: the paper's model has
+    none) is left out, which removes its add from the step; any other bias stays in."""
     return {
         name: param
-        for name, param in model.named_parameters()
+        for name, param in hooked.tl_params(model).items()
         if param.requires_grad or not name.rsplit(".", 1)[-1].startswith("b_") or bool(param.any())
     }
 
 
 def fused_logits(
     params: dict[str, Tensor],
-    cfg: hooked.HookedTransformerConfig,
+    cfg: Any,
     tokens: Int[Tensor, "batch pos"],
     precision: str = "fp32",
 ) -> Float[Tensor, "batch d_vocab"]:
     """Logits at the last position only, for training: a function of the parameters
-    `fused_parameters` returns, tested equal to the HookedTransformer's hooked forward.
+    `fused_parameters` returns, tested equal to the model's hooked forward.
 
     The task reads one token, so the last layer only needs its query, attention and MLP at
     the last position (the nanoGPT trick, taken one layer deeper), and fused kernels
@@ -212,14 +213,14 @@ def fused_logits(
     return (final @ p["unembed.W_U"] + bias("unembed.b_U")).float()
 
 
-def last_logits(model: hooked.HookedTransformer, tokens: Int[Tensor, "batch pos"], precision: str = "fp32") -> Float[Tensor, "batch d_vocab"]:
+def last_logits(model: hooked.Model, tokens: Int[Tensor, "batch pos"], precision: str = "fp32") -> Float[Tensor, "batch d_vocab"]:
     """Logits at the last position: `fused_logits` where it covers the config, else the
     hooked forward (slower, same result, fp32 only)."""
     if uses_fused_forward(model.cfg):
         return fused_logits(fused_parameters(model), model.cfg, tokens, precision)
     if precision != "fp32":
         raise ValueError(f"precision {precision!r} needs the fused forward, which this architecture does not have: train it with precision fp32")
-    resid = model(tokens, stop_at_layer=model.cfg.n_layers)  # [batch, pos, d_model]
+    resid = hooked.final_residual(model, tokens)  # [batch, pos, d_model]
     return model.unembed(model.ln_final(resid[:, -1:, :]))[:, 0, :]
 
 
@@ -237,12 +238,22 @@ def lr_lambda(config: TrainConfig) -> Callable[[int], float]:
 
 @dataclass
 class TrainResult:
-    model: hooked.HookedTransformer
+    model: hooked.Model
     config: TrainConfig
     steps: int
     wall_seconds: float
     history: list[dict[str, float]]  # one row per evaluation
     stopped_early: bool
+
+    # A process pool pickles results on their way to its workers (the stacked sweep), and a
+    # TransformerLens 4 bridge cannot be pickled: the model travels as its checkpoint weights.
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "model": (hooked.tl_state_dict(self.model), self.model.training)}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        weights, training = state["model"]
+        self.__dict__.update(state)
+        self.model = hooked.from_weights(self.config.hooked_config(), weights, self.config.task).train(training)
 
 
 class Schedule(torch.optim.lr_scheduler.LambdaLR):
@@ -337,7 +348,7 @@ def train(config: TrainConfig, progress: bool = True) -> TrainResult:
 
 
 @torch.inference_mode()
-def live_metrics(model: hooked.HookedTransformer, task: AnchorTask) -> dict[str, float]:
+def live_metrics(model: hooked.Model, task: AnchorTask) -> dict[str, float]:
     """The few numbers a progress bar shows and early stopping reads: seen-pair and (4,3)
     accuracies on test keys (argmax of the fp32 last-position logits; probes.classify
     measures the same sets, and more)."""
@@ -425,7 +436,7 @@ def _version(package: str) -> str:
 def train_to_folder(
     config: TrainConfig,
     out: str | Path,
-    evaluate: Callable[[hooked.HookedTransformer, AnchorTask], dict[str, Any]],
+    evaluate: Callable[[hooked.Model, AnchorTask], dict[str, Any]],
     overwrite: bool = False,
     progress: bool = True,
     command: str | None = None,

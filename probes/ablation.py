@@ -20,7 +20,7 @@ import torch
 from jaxtyping import Bool, Float
 from torch import Tensor
 
-from models.hooked import HookedTransformer, check_model_fits_task
+from models.hooked import Model, check_model_fits_task
 from models.task import AnchorBatch, AnchorTask
 from probes.figures import heatmaps
 from probes.patching import sample_prompts
@@ -61,7 +61,7 @@ def eval_prompts(task: AnchorTask, n: int = 512, seed: int = 0, key_pos: int | N
 
 
 def ablation_sources(
-    model: HookedTransformer,
+    model: Model,
     sites: Sequence[Site],
     kind: str,
     reference: Tensor,
@@ -117,7 +117,7 @@ class AblationResult:
 
 
 def ablate(
-    model: HookedTransformer,
+    model: Model,
     sites: Site | Sequence[Site],
     kind: str = "mean",
     task: AnchorTask = AnchorTask(),
@@ -195,7 +195,7 @@ class AblationSweep:
 
 
 def ablation_sweep(
-    model: HookedTransformer,
+    model: Model,
     task: AnchorTask = AnchorTask(),
     kind: str = "mean",
     kinds: Sequence[str] = SWEEP_KINDS,

@@ -48,7 +48,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from models.hooked import HookedTransformer, check_model_fits_task
+from models.hooked import Model, check_model_fits_task
 from models.task import AnchorTask, KeySplit
 from probes.figures import heatmaps
 from probes.patching import PromptPairs, in_split, sample_prompts
@@ -158,14 +158,14 @@ class CompositionResult:
         )
 
 
-def composition_rows(model: HookedTransformer) -> list[Site]:
+def composition_rows(model: Model) -> list[Site]:
     """The residual stream before and after each sublayer, and what each sublayer wrote
     (attn_out: what attention moved into a position, without the position's own token)."""
     return stream_rows(model, ("resid_pre", "attn_out", "resid_mid", "mlp_out"))
 
 
 def composition_test(
-    model: HookedTransformer,
+    model: Model,
     task: AnchorTask = AnchorTask(),
     n: int = 512,
     seed: int = 0,

@@ -54,7 +54,7 @@ from torch.nn.utils import parametrizations
 from tqdm.auto import tqdm
 from transformer_lens.utilities import get_act_name
 
-from models.hooked import HookedTransformer, check_model_fits_task
+from models.hooked import Model, check_model_fits_task, final_residual, is_hooked_transformer
 from models.task import AnchorBatch, AnchorTask
 from models.train import uses_fused_forward
 from probes.composition import OUTCOMES, composition_pairs, composition_rows, outcome_answers
@@ -105,7 +105,7 @@ def role_positions(batch: AnchorBatch, role: str) -> Int[Tensor, " batch"]:
     return batch.key_pos + offsets[role]
 
 
-def das_sites(model: HookedTransformer, roles: Sequence[str] = DAS_ROLES) -> list[DasSite]:
+def das_sites(model: Model, roles: Sequence[str] = DAS_ROLES) -> list[DasSite]:
     """Every stream point of the composition test (composition_rows) at every role."""
     return [DasSite(row, role) for row in composition_rows(model) for role in roles]
 
@@ -130,7 +130,7 @@ class DasData:
     n_wrong: int  # drawn pairs left out: the model answers the base or the source wrongly
 
 
-def das_data(model: HookedTransformer, task: AnchorTask, n_train: int = 1024, n_test: int = 256, seed: int = 0) -> DasData:
+def das_data(model: Model, task: AnchorTask, n_train: int = 1024, n_test: int = 256, seed: int = 0) -> DasData:
     """Training pairs: neither key held out (HELD_OUT_KEY_MODULUS) and no prompt's pair, nor the
     recombined one, held out (held_out_pairs). Held-out pairs: both keys held out and at least
     one of those three anchor pairs held out. Only pairs the model answers correctly, both prompts."""
@@ -187,7 +187,7 @@ def interchange(base: Float[Tensor, "batch d"], source: Float[Tensor, "batch d"]
 
 
 def interchange_logits(
-    model: HookedTransformer,
+    model: Model,
     where: DasSite,
     positions: Int[Tensor, " batch"],
     base: dict[str, Float[Tensor, "batch pos d_model"]],
@@ -199,15 +199,17 @@ def interchange_logits(
     (base_activations). Differentiable in `basis`."""
     rows = torch.arange(len(positions))
     layer, kind = where.site.layer, where.site.kind
-    if not uses_fused_forward(model.cfg):  # an architecture the short forward below does not cover: the hooked one
+    # The short forward below calls a HookedTransformer's blocks directly (its configs that
+    # models.train's fused forward covers); any other model, a TransformerLens 4 bridge
+    # included, runs the hooked forward from the site's layer.
+    if not (is_hooked_transformer(model) and uses_fused_forward(model.cfg)):
 
         def hook(activation: Tensor, hook) -> Tensor:
             patched = activation.clone()
             patched[rows, positions] = interchange(activation[rows, positions], source, basis)
             return patched
 
-        resid = model.run_with_hooks(base[get_act_name("resid_pre", layer)], start_at_layer=layer, stop_at_layer=model.cfg.n_layers,
-                                     fwd_hooks=[(where.site.hook_name, hook)])
+        resid = final_residual(model, base[get_act_name("resid_pre", layer)], fwd_hooks=[(where.site.hook_name, hook)], start_at_layer=layer)
         return readout(model, resid[:, -1:])[:, 0]
 
     def at(name: str) -> Float[Tensor, "batch d_model"]:
@@ -232,7 +234,7 @@ def interchange_logits(
     return _last_logits_from(model, resid, layer + 1)
 
 
-def _last_logits_from(model: HookedTransformer, resid: Float[Tensor, "batch pos d_model"], first_layer: int) -> Float[Tensor, "batch d_vocab"]:
+def _last_logits_from(model: Model, resid: Float[Tensor, "batch pos d_model"], first_layer: int) -> Float[Tensor, "batch d_vocab"]:
     """The blocks of a standard pre-LN HookedTransformer (the configs models.train's fused
     forward covers) from `first_layer` on, the final layer's MLP at the last position only
     (the one the task reads), and the logits there (tested equal to the hooked forward)."""
@@ -263,7 +265,7 @@ class _Prepared:
 SplitRuns = tuple[PromptPairs, dict[str, Tensor], dict[str, Tensor]]  # pairs, source and base activations by hook
 
 
-def split_runs(model: HookedTransformer, pairs: PromptPairs) -> SplitRuns:
+def split_runs(model: Model, pairs: PromptPairs) -> SplitRuns:
     """The runs every site of one split reads: sources and bases at every stream point of
     every layer."""
     names = {get_act_name(kind, layer) for kind in STREAM_KINDS for layer in range(model.cfg.n_layers)}
@@ -310,7 +312,7 @@ def fit_basis(
 
 
 def fit_subspace(
-    model: HookedTransformer,
+    model: Model,
     where: DasSite,
     train: _Prepared,
     answer: Int[Tensor, " pair"],
@@ -338,7 +340,7 @@ def fit_subspace(
 
 
 @torch.inference_mode()
-def iia(model: HookedTransformer, where: DasSite, data: _Prepared, answer: Int[Tensor, " pair"], basis: Float[Tensor, "d k"]) -> float:
+def iia(model: Model, where: DasSite, data: _Prepared, answer: Int[Tensor, " pair"], basis: Float[Tensor, "d k"]) -> float:
     """Interchange-intervention accuracy: the fraction of pairs answering `answer` once patched."""
     logits = interchange_logits(model, where, data.positions, data.base, data.source, basis)
     return (logits.argmax(-1) == answer).float().mean().item()
@@ -418,7 +420,7 @@ class DasResult:
 
 
 def das(
-    model: HookedTransformer,
+    model: Model,
     task: AnchorTask = AnchorTask(),
     sites: Sequence[DasSite | str] | None = None,
     dims: Sequence[int] = DIMS,

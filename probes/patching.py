@@ -31,7 +31,7 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
-from models.hooked import HookedTransformer, check_model_fits_task
+from models.hooked import Model, check_model_fits_task
 from models.task import AnchorBatch, AnchorTask, KeySplit
 from probes.figures import heatmaps
 from probes.sites import Site, by_role, columns, last_logits_with, sources_of, sweep_logits, sweep_rows
@@ -277,7 +277,7 @@ class PatchingResult:
 
 
 def _answers(
-    model: HookedTransformer,
+    model: Model,
     pairs: PromptPairs,
     answers: tuple[Tensor, Tensor] | None,
     answer_names: tuple[str, str],
@@ -306,7 +306,7 @@ def _answers(
 
 
 def patch_sweep(
-    model: HookedTransformer,
+    model: Model,
     pairs: PromptPairs,
     kinds: Sequence[str] = DEFAULT_KINDS,
     answers: tuple[Int[Tensor, " pair"], Int[Tensor, " pair"]] | None = None,
@@ -350,7 +350,7 @@ def patch_sweep(
 
 
 def order_probe(
-    model: HookedTransformer,
+    model: Model,
     task: AnchorTask = AnchorTask(),
     n: int = 512,
     seed: int = 0,

@@ -41,7 +41,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from models.hooked import HookedTransformer, check_model_fits_task
+from models.hooked import Model, check_model_fits_task
 from models.task import ROLES, AnchorTask, role_membership
 from probes.figures import heatmaps
 from probes.patching import PromptPairs, _answers, logit_diff, make_pairs
@@ -58,7 +58,7 @@ ROUTES = {
 }
 
 
-def senders(model: HookedTransformer) -> list[Site]:
+def senders(model: Model) -> list[Site]:
     """The sublayer outputs that make up the last layer's input: the embedding (resid_pre of
     layer 0), and every attention and MLP output before the last layer."""
     last = model.cfg.n_layers - 1
@@ -146,7 +146,7 @@ class PathPatching:
                         zmin=-1, zmax=1, zmid=0, colorscale="RdBu")
 
 
-def path_effects(model: HookedTransformer, pairs: PromptPairs, answers: tuple[Tensor, Tensor] | None = None) -> PathResult:
+def path_effects(model: Model, pairs: PromptPairs, answers: tuple[Tensor, Tensor] | None = None) -> PathResult:
     """Every sender x role path for these pairs: the logit difference between the clean and the
     corrupted answer (`answers`, default: what the model answers on each run; only pairs where
     it gives them, and they differ, count), see the module docstring."""
@@ -174,7 +174,7 @@ def path_effects(model: HookedTransformer, pairs: PromptPairs, answers: tuple[Te
     return PathResult(pairs.kind, [sender_label(s) for s in rows], effect, total, int((~keep).sum()), pairs, (clean_answer, corrupted_answer))
 
 
-def path_patching(model: HookedTransformer, task: AnchorTask = AnchorTask(), n: int = 512, seed: int = 0,
+def path_patching(model: Model, task: AnchorTask = AnchorTask(), n: int = 512, seed: int = 0,
                   kinds: tuple[str, ...] = PATH_PAIRS) -> PathPatching:
     """Path patching of every sender x role into the last layer, for each kind of pairs, with
     the task's labels as the answers compared."""

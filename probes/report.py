@@ -7,7 +7,7 @@ from typing import Callable, Sequence
 
 import plotly.graph_objects as go
 
-from models.hooked import HookedTransformer
+from models.hooked import Model
 from models.task import ROLES, AnchorTask
 from probes.ablation import ablate, ablation_sweep
 from probes.composition import CompositionResult, composition_test
@@ -22,7 +22,7 @@ PROBES = ("ablation", "patching", "order", "composition", "das", "paths")
 
 def run_probe(
     name: str,
-    model: HookedTransformer,
+    model: Model,
     task: AnchorTask = AnchorTask(),
     n: int = 512,
     seed: int = 0,
@@ -116,7 +116,7 @@ def paths_table(result: PathPatching) -> str:
     return _table(rows)
 
 
-def report_sections(name: str, model: HookedTransformer, task: AnchorTask = AnchorTask(), n: int = 200,
+def report_sections(name: str, model: Model, task: AnchorTask = AnchorTask(), n: int = 200,
                     step: Callable[[str], None] | None = None) -> list[tuple[str, go.Figure | str]]:
     """The causal probes of one model as (section title, figure or HTML table): the
     composition test, the order probe, patching of the key (which route the key takes to the

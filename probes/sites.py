@@ -22,7 +22,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 from transformer_lens.utilities import apply_softcap, get_act_name
 
-from models.hooked import HookedTransformer
+from models.hooked import Model, final_residual
 from models.task import ROLES, AnchorBatch, role_membership
 
 # kind -> what its hook holds; all are [batch, pos, ...], so position is always axis 1.
@@ -69,7 +69,7 @@ class Site:
     def at(self, pos: int | None) -> "Site":
         return replace(self, pos=pos)
 
-    def check(self, model: HookedTransformer) -> "Site":
+    def check(self, model: Model) -> "Site":
         cfg = model.cfg
         if self.layer >= cfg.n_layers:
             raise ValueError(f"site {self}: layer {self.layer} out of range, the model has {cfg.n_layers} layers")
@@ -98,7 +98,7 @@ class Site:
         return cls(match.group(1), int(match.group(2)), **{k: int(v) for k, v in extra.items()})
 
 
-def sweep_rows(model: HookedTransformer, kinds: Sequence[str]) -> list[Site]:
+def sweep_rows(model: Model, kinds: Sequence[str]) -> list[Site]:
     """One row per (layer, kind[, head]), layer by layer: the rows of a site-by-position sweep."""
     rows = []
     for layer in range(model.cfg.n_layers):
@@ -108,7 +108,7 @@ def sweep_rows(model: HookedTransformer, kinds: Sequence[str]) -> list[Site]:
     return rows
 
 
-def stream_rows(model: HookedTransformer, kinds: Sequence[str] = ("resid_pre", "resid_mid")) -> list[Site]:
+def stream_rows(model: Model, kinds: Sequence[str] = ("resid_pre", "resid_mid")) -> list[Site]:
     """Points along the forward pass, layer by layer (default: the residual stream before and
     after each attention), and the residual stream at the end."""
     return sweep_rows(model, kinds) + [Site("resid_post", model.cfg.n_layers - 1)]
@@ -130,7 +130,7 @@ def _overwrite(site: Site, source: Tensor) -> Callable:
 
 @torch.inference_mode()
 def last_logits_with(
-    model: HookedTransformer,
+    model: Model,
     tokens: Int[Tensor, "batch pos"],
     patches: Sequence[Patch],
     resid_pre: dict[int, Float[Tensor, "batch pos d_model"]] | None = None,
@@ -150,13 +150,13 @@ def last_logits_with(
     else:
         inputs, start_at = tokens, None
     hooks = [(site.hook_name, _overwrite(site, source)) for site, source in patches]
-    resid = model.run_with_hooks(inputs, start_at_layer=start_at, stop_at_layer=model.cfg.n_layers, fwd_hooks=hooks)  # [batch, pos, d_model]
+    resid = final_residual(model, inputs, hooks, start_at_layer=start_at)  # [batch, pos, d_model]
     return readout(model, resid[:, -1:, :])[:, 0, :]
 
 
-def readout(model: HookedTransformer, resid: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos d_vocab"]:
+def readout(model: Model, resid: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos d_vocab"]:
     """The model's final norm and unembedding: its logits from the last residual stream
-    (the end of HookedTransformer.forward, applied to the last position only: the task reads
+    (the end of the model's forward, applied to the last position only: the task reads
     one token, and the unembedding of the others is a fifth of the work)."""
     if hasattr(model, "ln_final"):
         resid = model.ln_final(resid)
@@ -164,27 +164,27 @@ def readout(model: HookedTransformer, resid: Float[Tensor, "batch pos d_model"])
 
 
 @torch.inference_mode()
-def cache_of(model: HookedTransformer, tokens: Int[Tensor, "batch pos"], names: set[str]) -> dict[str, Tensor]:
+def cache_of(model: Model, tokens: Int[Tensor, "batch pos"], names: set[str]) -> dict[str, Tensor]:
     """Activations at the named hooks (TransformerLens' run_with_cache, nothing else kept)."""
     _, cache = model.run_with_cache(tokens, names_filter=lambda name: name in names, return_type=None)
     return {name: cache[name] for name in names}
 
 
-def resid_pre_cache(model: HookedTransformer, tokens: Int[Tensor, "batch pos"]) -> dict[int, Tensor]:
+def resid_pre_cache(model: Model, tokens: Int[Tensor, "batch pos"]) -> dict[int, Tensor]:
     """layer -> residual stream entering it, the starting points for `last_logits_with`."""
     names = {get_act_name("resid_pre", layer): layer for layer in range(model.cfg.n_layers)}
     cache = cache_of(model, tokens, set(names))
     return {layer: cache[name] for name, layer in names.items()}
 
 
-def sources_of(model: HookedTransformer, tokens: Int[Tensor, "batch pos"], rows: Sequence[Site]) -> list[Patch]:
+def sources_of(model: Model, tokens: Int[Tensor, "batch pos"], rows: Sequence[Site]) -> list[Patch]:
     """Each row with its activation on `tokens`: the source run of a patching sweep."""
     cache = cache_of(model, tokens, {row.hook_name for row in rows})
     return [(row, cache[row.hook_name]) for row in rows]
 
 
 def sweep_logits(
-    model: HookedTransformer,
+    model: Model,
     tokens: Int[Tensor, "batch pos"],
     rows: Sequence[Patch],
     desc: str,

@@ -10,7 +10,7 @@ import torch
 from jaxtyping import Int
 from torch import Tensor
 
-from models.hooked import HookedTransformer, check_model_fits_task
+from models.hooked import Model, check_model_fits_task
 from models.task import AnchorBatch, AnchorTask, eval_sets
 
 UNFIT_THRESHOLD = 0.9  # seen-pair test-key accuracy below this: the model did not fit the task
@@ -61,7 +61,7 @@ def label_of(seen_test_keys: float, inferential: float, symmetric: float) -> str
 
 
 @torch.inference_mode()
-def predict(model: HookedTransformer, tokens: Int[Tensor, "batch pos"], batch_size: int = 8192) -> Int[Tensor, " batch"]:
+def predict(model: Model, tokens: Int[Tensor, "batch pos"], batch_size: int = 8192) -> Int[Tensor, " batch"]:
     """argmax of the last-position logits."""
     out = []
     for chunk in tokens.split(batch_size):
@@ -73,7 +73,7 @@ def _accuracy(pred: Tensor, target: Tensor) -> float:
     return (pred == target).float().mean().item()
 
 
-def classify(model: HookedTransformer, task: AnchorTask = AnchorTask(), n_noise: int = 4) -> Classification:
+def classify(model: Model, task: AnchorTask = AnchorTask(), n_noise: int = 4) -> Classification:
     """Seen-pair accuracy (train/test keys), (4,3) inferential and symmetric accuracy
     (train/test keys, and per key position), the (4,3) offset histogram, and the label.
 
@@ -118,6 +118,6 @@ def classify(model: HookedTransformer, task: AnchorTask = AnchorTask(), n_noise:
     )
 
 
-def card_metrics(model: HookedTransformer, task: AnchorTask = AnchorTask()) -> dict:
+def card_metrics(model: Model, task: AnchorTask = AnchorTask()) -> dict:
     """What a model card and a sweep row record: `classify` as JSON."""
     return classify(model, task).to_dict()

@@ -63,7 +63,7 @@ def _embed(model, task: AnchorTask, lay: Layout, anchor_flag: bool = False):
 def _previous_token_head(model, layer: int, head: int, task: AnchorTask, lay: Layout):
     """Position i attends to i-1 and copies its token into PREV."""
     attn, V = model.blocks[layer].attn, task.vocab_size
-    scale = SHARP * attn.attn_scale
+    scale = SHARP * model.cfg.attn_scale
     for i in range(1, task.seq_len):
         attn.W_Q[head, lay.POS + i, i] = scale
         attn.W_K[head, lay.POS + i - 1, i] = 1.0
@@ -85,7 +85,7 @@ def _flag_head(model, layer: int, head: int, flag: int, copies: list[tuple[int, 
 
 def _query_one(model, layer: int, head: int, lay: Layout):
     attn = model.blocks[layer].attn
-    attn.W_Q[head, lay.ONE, 0] = SHARP * attn.attn_scale
+    attn.W_Q[head, lay.ONE, 0] = SHARP * model.cfg.attn_scale
 
 
 def _second_anchor_flag(mlp, unit: int, task: AnchorTask, lay: Layout) -> int:

@@ -11,18 +11,18 @@ TASK = AnchorTask()
 
 
 def answering_model(solution: str, task: AnchorTask = TASK, wrong_at_key_pos: int | None = None):
-    """A HookedTransformer whose last-position argmax is, by construction, the trained label
+    """A model whose last-position argmax is, by construction, the trained label
     on trained pairs and `solution`'s answer on the held-out pair. The residual stream after
     the only block is overwritten with a one-hot of the answer, and W_U is the identity."""
-    cfg = hooked.hooked_config(task, n_layers=1, d_model=256, d_head=4, d_mlp=4, normalization_type=None, use_hook_tokens=True)
+    cfg = hooked.hooked_config(task, n_layers=1, d_model=256, d_head=4, d_mlp=4, normalization_type=None)
     model = hooked.from_config(cfg)
     with torch.no_grad():
         model.unembed.W_U.zero_()
         model.unembed.W_U[: task.vocab_size, :].copy_(torch.eye(task.vocab_size))
     seen = {}
 
-    def keep_tokens(tokens, hook):
-        seen["tokens"] = tokens
+    def keep_tokens(embed, args):  # a torch pre-hook on the embedding: 4.x's bridge has no hook_tokens
+        seen["tokens"] = args[0]
 
     def write_answer(resid, hook):
         batch = task.prompts(seen["tokens"])
@@ -34,7 +34,7 @@ def answering_model(solution: str, task: AnchorTask = TASK, wrong_at_key_pos: in
         resid[torch.arange(len(answer)), -1, answer] = 10.0
         return resid
 
-    model.add_hook("hook_tokens", keep_tokens, is_permanent=True)
+    model.embed.register_forward_pre_hook(keep_tokens)
     model.add_hook("blocks.0.hook_resid_post", write_answer, is_permanent=True)
     return model
 

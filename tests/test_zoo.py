@@ -16,6 +16,8 @@ from models.sweep import results
 from models.train import TrainConfig
 from probes.solution import classify
 
+import reference_logits
+
 TARGETS = {"inferential": "inferential_test_keys", "symmetric": "symmetric_test_keys"}
 
 
@@ -82,3 +84,9 @@ def test_each_card_reports_the_validation_of_its_command(name):
     expected = card_validation(card, groups, rows, card["validation"]["database"])
     assert card["validation"] == json.loads(json.dumps(expected))
     assert card["validation"]["solution"] == name and card["validation"]["runs"] >= 1
+
+
+@pytest.mark.parametrize("name", reference_logits.NAMES)
+def test_shipped_model_gives_the_transformer_lens_3_9_logits(name):
+    """On either TransformerLens line, the logits TransformerLens 3.9 gave (tests/reference_logits.py)."""
+    assert reference_logits.max_differences([name])[name] <= 1e-4
