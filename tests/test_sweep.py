@@ -144,16 +144,17 @@ def test_the_shipped_phase_diagram_is_the_default_sweep_and_shows_the_papers_res
 
 
 def test_the_shipped_phase_database_so_far_shows_both_clean_phases_at_depth_2():
-    """models/sweeps/phase.db (README "Phase diagrams"): depth 2 done, with mechanism per run;
-    depths 3 and 4 pending. At depth 2 a small gamma is symmetric and gamma 0.8 inferential
-    in >= 80% of seeds at >= 0.9 on (4,3), and the composition test agrees with every clean run."""
+    """models/sweeps/phase.db (README "Phase diagrams"): depth 2 done, depth 3 in part, with
+    mechanism per run; the rest pending. At depth 2 a small gamma is symmetric and gamma 0.8
+    inferential in >= 80% of seeds at >= 0.9 on (4,3), and the composition test agrees with
+    every clean run."""
     from interp.sweep_report import agreement, cell_table
 
     meta, all_rows = results(SHIPPED_DB.with_name("phase.db"))
-    done = [r for r in all_rows if r["status"] == "done"]
-    assert {r["n_layers"] for r in done} == {2} and len(done) == 50
-    assert {r["n_layers"] for r in all_rows if r["status"] != "done"} <= {3, 4}
-    assert all({"route", "route_by_position", "composition_score", "wq_groups"} <= set(r["metrics"]) for r in done)
+    finished = [r for r in all_rows if r["status"] == "done"]
+    done = [r for r in finished if r["n_layers"] == 2]
+    assert len(done) == 50 and {r["status"] for r in all_rows} <= {"done", "pending"}
+    assert all({"route", "route_by_position", "composition_score", "wq_groups"} <= set(r["metrics"]) for r in finished)
 
     def clean_share(gamma, label):
         runs = [r for r in done if r["gamma"] == gamma]
