@@ -36,10 +36,9 @@ from tqdm.auto import tqdm
 
 from interp.complexity import spectra, wq_condensation
 from interp.flow import flow_prompts, trace_flows
-from models.hooked import Model
+from models.hooked import Model, save
 from models.sweep import Cell, SweepSpec, SweepStore, open_sweep, process_alive
 from models.task import AnchorTask
-from models.hooked import save
 from models.train import TrainConfig, TrainResult, _version, make_card, train, train_command
 from probes.composition import composition_test
 from probes.solution import card_metrics
@@ -137,6 +136,16 @@ def _worker_init(sweep_pid: int) -> None:
     threading.Thread(target=watch, name="sweep-watchdog", daemon=True).start()
 
 
+def worker_pool(workers: int) -> cf.ProcessPoolExecutor:
+    """A process pool whose workers fork from a server that imported torch and this package
+    once (a worker starts in milliseconds) and end with the sweep process (_worker_init)."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["interp.sweep"])
+    return cf.ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_init, initargs=(os.getpid(),))
+
+
 class LocalExecutor:
     """`workers` single-process pools, one per slot: a worker that dies (killed, out of
     memory) fails only its own cell, and only its slot restarts. Workers fork from a server
@@ -145,18 +154,14 @@ class LocalExecutor:
     name = "local"
 
     def __init__(self, workers: int, threads: int):
-        import multiprocessing
-
         self.capacity, self.threads = workers, threads
-        self._context = multiprocessing.get_context("forkserver")
-        self._context.set_forkserver_preload(["interp.sweep"])
         self._slots: list[cf.ProcessPoolExecutor | None] = [None] * workers
         self._busy: dict[cf.Future, int] = {}
 
     def submit(self, fn: CellFn, cell: Cell, checkpoint: str | None) -> cf.Future:
         slot = next(i for i in range(self.capacity) if i not in self._busy.values())
         if self._slots[slot] is None:
-            self._slots[slot] = cf.ProcessPoolExecutor(1, mp_context=self._context, initializer=_worker_init, initargs=(os.getpid(),))
+            self._slots[slot] = worker_pool(1)
         future = self._slots[slot].submit(fn, cell, self.threads, checkpoint)
         self._busy[future] = slot
         return future
@@ -236,16 +241,12 @@ class StackedExecutor:
     name = "stacked"
 
     def __init__(self, device: str, stack_size: int, workers: int, threads: int):
-        import multiprocessing
-
         import torch
 
         self.device, self.stack_size, self.threads = torch.device(device), stack_size, threads
         self.device_name = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else platform.processor() or "cpu"
         self.capacity = 3 * stack_size  # one stack training, one being probed, one gathering its runs
-        context = multiprocessing.get_context("forkserver")
-        context.set_forkserver_preload(["interp.sweep"])
-        self._probes = cf.ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_init, initargs=(os.getpid(),))
+        self._probes = worker_pool(workers)
         self._waiting: list[tuple[CellFn, Cell, str | None, cf.Future]] = []
         self._lock, self._closed = threading.Lock(), threading.Event()
         self._trainer = threading.Thread(target=self._train_stacks, name="stacked-trainer", daemon=True)

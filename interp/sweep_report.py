@@ -60,11 +60,12 @@ def cell_table(meta: dict[str, Any], rows: list[dict[str, Any]]) -> pd.DataFrame
     cells["init_std"] = cells["d_model"].astype(float) ** -cells["gamma"].astype(float)
     own = np.where(cells["label"] == "inferential", cells["inferential_test_keys"], cells["symmetric_test_keys"]).astype(float)
     # Judged: clean runs with a recorded route (databases before mechanism recording have none).
-    cells["judged"] = cells["label"].isin(["inferential", "symmetric"]) & (own >= CLEAN) & cells["route"].notna()
+    clean = cells["label"].isin(["inferential", "symmetric"]) & (own >= CLEAN)
+    cells["judged"] = clean & cells["route"].notna()
     cells["agrees"] = cells["judged"] & (cells["route"] == cells["label"])
     # The composition test's verdict: a run composes when most interchanges at its best site do.
     score = pd.to_numeric(cells["composition_score"], errors="coerce")
-    cells["composition_judged"] = cells["label"].isin(["inferential", "symmetric"]) & (own >= CLEAN) & score.notna()
+    cells["composition_judged"] = clean & score.notna()
     composes = score >= COMPOSES
     cells["composition_agrees"] = cells["composition_judged"] & (composes == (cells["label"] == "inferential"))
     return cells

@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from models import hooked
 from models.task import eval_sets
-from models.train import TrainConfig, TrainResult, batches, fused_logits, fused_parameters, make_optimizer, settled, uses_fused_forward
+from models.train import TrainConfig, TrainResult, batches, fused_logits, fused_parameters, live_accuracies, make_optimizer, settled, uses_fused_forward
 
 
 def check_stackable(configs: list[TrainConfig]) -> None:
@@ -72,11 +72,7 @@ def stacked_live_metrics(params: dict[str, Tensor], cfg: Any, sets: dict, target
     seen, held = sets["seen_test"], sets["held_test"]
     pred_seen = stacked_logits(params, cfg, seen.tokens).argmax(-1)  # [model, batch]
     pred_held = stacked_logits(params, cfg, held.tokens).argmax(-1)
-    rows = {
-        "seen_test": (pred_seen == seen.label).float().mean(1),
-        "inferential": (pred_held == targets["inferential"]).float().mean(1),
-        "symmetric": (pred_held == targets["symmetric"]).float().mean(1),
-    }
+    rows = live_accuracies(pred_seen, pred_held, seen.label, targets)
     return [dict(zip(rows, values)) for values in torch.stack(list(rows.values()), 1).tolist()]
 
 

@@ -354,12 +354,19 @@ def live_metrics(model: hooked.Model, task: AnchorTask) -> dict[str, float]:
     measures the same sets, and more)."""
     sets = eval_sets(task, 2)
     seen, held = sets["seen_test"], sets["held_test"]
-    targets = task.solution_targets(held)
     pred_seen, pred_held = last_logits(model, seen.tokens).argmax(-1), last_logits(model, held.tokens).argmax(-1)
+    return {name: value.item() for name, value in live_accuracies(pred_seen, pred_held, seen.label, task.solution_targets(held)).items()}
+
+
+def live_accuracies(
+    pred_seen: Int[Tensor, "... batch"], pred_held: Int[Tensor, "... batch"], seen_label: Int[Tensor, " batch"], held_targets: dict[str, Tensor]
+) -> dict[str, Float[Tensor, "..."]]:
+    """`live_metrics` from argmax predictions on the seen-pair and (4,3) test-key sets, each
+    averaged over its last dimension (a stack of models keeps its leading one)."""
     return {
-        "seen_test": (pred_seen == seen.label).float().mean().item(),
-        "inferential": (pred_held == targets["inferential"]).float().mean().item(),
-        "symmetric": (pred_held == targets["symmetric"]).float().mean().item(),
+        "seen_test": (pred_seen == seen_label).float().mean(-1),
+        "inferential": (pred_held == held_targets["inferential"]).float().mean(-1),
+        "symmetric": (pred_held == held_targets["symmetric"]).float().mean(-1),
     }
 
 

@@ -104,9 +104,21 @@ def _unembed(model, task: AnchorTask, lay: Layout):
     model.unembed.W_U[lay.OUT : lay.OUT + V, :V] = 10 * torch.eye(V)
 
 
+def _key_anchor_units(mlp, task: AnchorTask, lay: Layout):
+    """Layer 0's MLP units, one per (key x, anchor a), each firing where the previous token is
+    x and this one is a; yields (unit, x, a) for the caller to write what the unit outputs."""
+    unit = 0
+    for x in range(task.key_min, task.key_max + 1):
+        for a in task.anchors:
+            mlp.W_in[lay.PREV + x, unit] = mlp.W_in[lay.TOK + a, unit] = 1.0
+            mlp.b_in[unit] = -1.0
+            yield unit, x, a
+            unit += 1
+
+
 @torch.no_grad()
 def composer(task: AnchorTask = TASK):
-    V, keys = task.vocab_size, range(task.key_min, task.key_max + 1)
+    V = task.vocab_size
     lay = Layout(TOK=V, POS=task.seq_len, ONE=1, F1=1, F2=1, F3=1, F3B=1, PREV=V, Y=V, Y2=V, A2=V, OUT=V)
     low, high = task.key_min + min(task.shifts), task.key_max + max(task.shifts)
     ys = range(low, high + 1)
@@ -114,16 +126,12 @@ def composer(task: AnchorTask = TASK):
     _embed(model, task, lay)
     # layer 0: previous-token head; MLP writes y = x + shift(a1) and the flags at the anchors
     _previous_token_head(model, 0, 0, task, lay)
-    mlp, unit = model.blocks[0].mlp, 0
-    for x in keys:
-        for a in task.anchors:
-            mlp.W_in[lay.PREV + x, unit] = mlp.W_in[lay.TOK + a, unit] = 1.0
-            mlp.b_in[unit] = -1.0
-            mlp.W_out[unit, lay.Y + x + task.shift(a)] = mlp.W_out[unit, lay.F1] = 1.0
-            if a == task.trap_pair[0]:
-                mlp.W_out[unit, lay.F3] = 1.0
-            unit += 1
-    unit = _second_anchor_flag(mlp, unit, task, lay)
+    mlp = model.blocks[0].mlp
+    for unit, x, a in _key_anchor_units(mlp, task, lay):
+        mlp.W_out[unit, lay.Y + x + task.shift(a)] = mlp.W_out[unit, lay.F1] = 1.0
+        if a == task.trap_pair[0]:
+            mlp.W_out[unit, lay.F3] = 1.0
+    unit = _second_anchor_flag(mlp, unit + 1, task, lay)  # the units after the last (key, anchor) one
     # layer 1: head 0 brings y (and the trap flag) from a1, head 1 the token at a2
     _query_one(model, 1, 0, lay)
     _flag_head(model, 1, 0, lay.F1, [(lay.Y, lay.Y2, V), (lay.F3, lay.F3B, 1)])
@@ -221,15 +229,11 @@ def scalar_composer(task: AnchorTask = TASK):
     model = _model(task, lay, d_mlp=len(keys) * len(task.anchors) + len(task.anchors) ** 2 + len(task.anchors), n_heads=2, d_head=V)
     _embed(model, task, lay)
     _previous_token_head(model, 0, 0, task, lay)
-    mlp, unit = model.blocks[0].mlp, 0
-    for x in keys:
-        for a in task.anchors:
-            mlp.W_in[lay.PREV + x, unit] = mlp.W_in[lay.TOK + a, unit] = 1.0
-            mlp.b_in[unit] = -1.0
-            mlp.W_out[unit, lay.Y] = (x + task.shift(a)) / Y_UNIT
-            mlp.W_out[unit, lay.F1] = 1.0
-            unit += 1
-    unit = _second_anchor_flag(mlp, unit, task, lay)
+    mlp = model.blocks[0].mlp
+    for unit, x, a in _key_anchor_units(mlp, task, lay):
+        mlp.W_out[unit, lay.Y] = (x + task.shift(a)) / Y_UNIT
+        mlp.W_out[unit, lay.F1] = 1.0
+    unit = _second_anchor_flag(mlp, unit + 1, task, lay)  # the units after the last (key, anchor) one
     _query_one(model, 1, 0, lay)
     _flag_head(model, 1, 0, lay.F1, [(lay.Y, lay.U, 1)])
     _query_one(model, 1, 1, lay)
