@@ -91,7 +91,7 @@ def _add_sweep(sub: argparse._SubParsersAction) -> None:
                                    "file. Axes: any TrainConfig field (gamma, n_layers, seed, lr, weight_decay, "
                                    "dataset_size, ...) or model config field (d_model, ...).")
     p.add_argument("--db", required=True, help="the sweep's SQLite file (created; with --resume, continued)")
-    p.add_argument("--spec", help="TOML grid file, or the name of a shipped one (default without --grid: models/sweeps/default.toml)")
+    p.add_argument("--spec", help="TOML grid file, or the name of a shipped one (default without --grid: the phase diagram, models/sweeps/phase.toml)")
     p.add_argument("--grid", action="append", default=[], metavar="NAME=V1,V2,...",
                    help="a swept axis, e.g. --grid gamma=0.3,0.5,0.8 (repeatable; replaces the --spec file's)")
     p.add_argument("--set", dest="fixed", action="append", default=[], metavar="NAME=VALUE",
@@ -114,20 +114,20 @@ def _add_sweep(sub: argparse._SubParsersAction) -> None:
 
 
 def _sweep_spec(args: argparse.Namespace):
-    """The grid to run: --spec (default: the shipped default.toml unless --grid is given) with
+    """The grid to run: --spec (default: the shipped phase.toml unless --grid is given) with
     --grid/--set over it; None (the database's own grid) to continue or describe a --db."""
-    from models.sweep import SweepSpec
+    from models.sweep import DEFAULT_SPEC, SweepSpec
 
     if not (args.spec or args.grid or args.fixed) and (args.resume or args.dry_run and Path(args.db).exists()):
         return None
-    base = SweepSpec.from_toml(args.spec or "default") if args.spec or not args.grid else None
+    base = SweepSpec.from_toml(args.spec or DEFAULT_SPEC) if args.spec or not args.grid else None
     return SweepSpec.parse(args.grid, args.fixed, base) if args.grid or args.fixed else base
 
 
 def _only(items: list[str]) -> dict:
-    from models.sweep import _assignment, canonical_name, parse_value
+    from models.sweep import assignment, canonical_name, parse_value
 
-    return {canonical_name(name): parse_value(value) for name, value in (_assignment(item, "--only") for item in items)}
+    return {canonical_name(name): parse_value(value) for name, value in (assignment(item, "--only") for item in items)}
 
 
 def _run_sweep(args: argparse.Namespace) -> int:
@@ -179,12 +179,13 @@ def _add_report(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-probes", dest="probes", action="store_false", help="leave out the causal probes (the slowest sections)")
     p.add_argument("--no-models", dest="models", action="store_false", help="only the sweep databases given, no model sections")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--markdown", action="store_true", help="also print each sweep database's table as README markdown")
     p.set_defaults(run=_run_report)
 
 
 def _run_report(args: argparse.Namespace) -> None:
     from interp.report import build_report, classification_table, table_text
-    from interp.sweep_report import mechanism_summary
+    from interp.sweep_report import mechanism_summary, phase_markdown
 
     if args.flow_prompts < 1:
         raise ValueError(f"--flow-prompts must be >= 1, got {args.flow_prompts}")
@@ -194,6 +195,8 @@ def _run_report(args: argparse.Namespace) -> None:
     for target in args.targets:
         if str(target).endswith(".db"):
             print(mechanism_summary(target))
+            if args.markdown:
+                print(phase_markdown(target))
     print(f"report written to {out}")
 
 

@@ -23,6 +23,7 @@ whose route equals their behavioural label.
 
 from __future__ import annotations
 
+import json
 import os
 from typing import Any
 
@@ -335,3 +336,68 @@ def sweep_sections(db_path: str | os.PathLike) -> list[tuple[str, go.Figure]]:
             sections.append((f"Behaviour and mechanism{suffix}", mechanism_figure(group, group_cells, f"Behaviour and mechanism{suffix}")))
         sections.append((f"Accuracy vs gamma{suffix}", accuracy_curves_figure(group, group_cells, f"Accuracy vs γ{suffix}")))
     return sections
+
+
+def phase_markdown(db_path: str | os.PathLike, clean_share: float = 0.8) -> str:
+    """The README's table of a sweep database, one row per setting (every swept axis but
+    the seed): its runs, labels, the runs with the most common solution at >= CLEAN on (4,3)
+    test keys, the routes and composition verdicts of its finished runs, and that
+    solution's mean accuracy by key position; then, per setting without gamma, the gammas
+    where >= `clean_share` of the seeds give one solution at >= CLEAN (issue 12's clean
+    phases), and the mechanism agreement over all clean runs. Printed by `anchor-interp
+    report DB --no-models --markdown`; a test holds the README to it."""
+    from interp.seeds import seed_groups  # the seed statistics' grouping: one row per setting
+
+    meta, rows = results(db_path)
+    axes = [k for k in meta["spec"]["grid"] if k != "seed"]
+    order = {k: list(v) for k, v in meta["spec"]["grid"].items()}
+    groups = sorted(seed_groups(rows), key=lambda g: [order[k].index(g.setting[k]) for k in axes])
+    done = [r for r in rows if r["status"] == "done"]
+    d_model = {json.dumps({k: r["params"][k] for k in axes}, sort_keys=True): r["d_model"] for r in rows}
+
+    def mechanism(setting: dict[str, Any]) -> tuple[str, str]:
+        runs = [r for r in done if all(r["params"][k] == v for k, v in setting.items())]
+        routes = pd.Series([(r["metrics"] or {}).get("route") for r in runs], dtype=object).dropna()
+        scores = [s for s in ((r["metrics"] or {}).get("composition_score") for r in runs) if s is not None]
+        return (_counts(routes) or "not recorded"), (f"{sum(s >= COMPOSES for s in scores)} of {len(scores)}" if scores else "not recorded")
+
+    header = [*axes, "runs", "labels", f"the most common solution at >= {CLEAN}", "route (trace_flows)", f"composes (score >= {COMPOSES})",
+              "its mean accuracy by key position 0-6"]
+    if "gamma" in axes:
+        header[axes.index("gamma")] = "gamma (init std of W_E)"
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    phases: dict[str, dict[str, list[str]]] = {}
+    for g in groups:
+        values = [f"{g.setting[k]:g}" if isinstance(g.setting[k], float) else str(g.setting[k]) for k in axes]
+        if "gamma" in axes:
+            std = float(d_model[json.dumps(g.setting, sort_keys=True)]) ** -g.setting["gamma"]
+            values[axes.index("gamma")] += f" ({std:.2g})"
+        if not g.n:
+            lines.append("| " + " | ".join([*values, f"0 (+{g.pending} pending)", *["pending"] * (len(header) - len(axes) - 1)]) + " |")
+            continue
+        k_clean = sum(a >= CLEAN for a, s in zip(g.accuracy, g.seeds))
+        routes, composes = mechanism(g.setting)
+        labels = ", ".join(f"{label} {k}" for label, k in g.labels.items())
+        runs = f"{g.n}" + (f" (+{g.pending} pending)" if g.pending else "")
+        lines.append("| " + " | ".join([*values, runs, labels, f"{g.solution} {k_clean}", routes, composes,
+                                        " ".join(f"{a:.2f}" for a in g.position_means())]) + " |")
+        rest = ", ".join(f"{k} {g.setting[k]}" for k in axes if k != "gamma") or "all"
+        place = phases.setdefault(rest, {"symmetric": [], "inferential": [], "runs": [0, 0]})
+        place["runs"][0] += g.n
+        place["runs"][1] += g.n + g.pending
+        if "gamma" in axes and g.solution in place and k_clean >= clean_share * (g.n + g.pending):
+            place[g.solution].append(f"{g.setting['gamma']:g} ({k_clean}/{g.n + g.pending})")
+    lines.append("")
+    share = f"{clean_share:.0%}"
+    for rest, place in phases.items():
+        found = "; ".join(f"{solution} at gamma {', '.join(place[solution])}" if place[solution] else f"{solution}: none"
+                          for solution in ("symmetric", "inferential"))
+        runs = f"{place['runs'][0]} of {place['runs'][1]} runs done"
+        lines.append(f"- {rest} ({runs}): clean phases (>= {share} of a cell's seeds give the solution at >= {CLEAN}): {found}.")
+    cells = cell_table(meta, rows)
+    (agree, judged), (composed, scored) = agreement(cells), agreement(cells, "composition")
+    if judged or scored:
+        lines.append(f"- Mechanism over the {max(judged, scored)} clean runs (label's (4,3) accuracy >= {CLEAN}): the route rule names the "
+                     f"behavioural label in {agree} of {judged}" + (f" ({agree / judged:.0%})" if judged else "")
+                     + f"; the composition test agrees in {composed} of {scored}.")
+    return "\n".join(lines)

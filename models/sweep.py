@@ -5,9 +5,9 @@ A cell is one `TrainConfig`; the grid is a product of axes, each any TrainConfig
 (gamma, n_layers, seed, lr, weight_decay, dataset_size, ...) or any HookedTransformerConfig
 field (d_model, d_head, ..., which go to `TrainConfig.arch`).
 
-    spec = SweepSpec.from_toml("models/sweeps/default.toml")      # or SweepSpec.parse(grid=[...])
-    meta, rows = results("models/sweeps/default.db")               # read a database
-    check_database("models/sweeps/default.db", spec)               # does it hold exactly this grid?
+    spec = SweepSpec.from_toml("phase")                           # a shipped spec, or SweepSpec.parse(grid=[...])
+    meta, rows = results("models/sweeps/phase.db")                 # read a database
+    check_database("models/sweeps/phase.db", spec)                 # does it hold exactly this grid?
 
 Running a sweep trains, classifies and probes models, so it lives above models, probes and
 interp: `interp.sweep.run_sweep`. The database is the sweep's only state: cells are written
@@ -35,7 +35,8 @@ from typing import Any
 from models import hooked
 from models.train import TrainConfig, _hooked_config_fields
 
-SPECS = Path(__file__).parent / "sweeps"  # shipped specs: `--spec default` is SPECS/default.toml
+SPECS = Path(__file__).parent / "sweeps"  # shipped specs: `--spec phase` is SPECS/phase.toml
+DEFAULT_SPEC = "phase"  # the default phase diagram: gamma x depth 2-4 x 5 seeds on the shipped recipe
 ALIASES = {"layers": "n_layers", "depth": "n_layers", "seeds": "seed"}
 TRAIN_FIELDS = tuple(f.name for f in dataclasses.fields(TrainConfig) if f.name not in ("arch", "task"))
 TASK_SET = ("n_layers", "d_vocab", "n_ctx", "seed")  # HookedTransformerConfig fields that are not free axes
@@ -50,7 +51,8 @@ def parse_value(text: str) -> Any:
         return text.strip()
 
 
-def _assignment(text: str, flag: str) -> tuple[str, str]:
+def assignment(text: str, flag: str) -> tuple[str, str]:
+    """NAME=VALUE as (name, raw value); `flag` names the option in the error."""
     if "=" not in text:
         raise ValueError(f"{flag} takes NAME=VALUE, got {text!r}")
     name, raw = text.split("=", 1)
@@ -156,7 +158,7 @@ class SweepSpec:
         given: dict[str, tuple[str, Any]] = {}  # canonical name -> (flag, value)
         for flag, texts in (("--grid", grid), ("--set", fixed)):
             for text in texts:
-                name, raw = _assignment(text, flag)
+                name, raw = assignment(text, flag)
                 name = canonical_name(name)
                 if name in given:
                     where = f"twice to {flag}" if given[name][0] == flag else f"to {given[name][0]} and {flag}"

@@ -63,8 +63,8 @@ def test_a_toml_file_and_flags_give_the_same_spec(tmp_path):
     assert over.fixed == {"n_layers": 4, "d_model": 32, "d_head": 16}
 
 
-def test_the_shipped_default_grid():
-    spec = SweepSpec.from_toml("default")
+def test_the_old_recipe_grid():
+    spec = SweepSpec.from_toml("old_recipe")
     cells = spec.cells()
     assert list(spec.grid)[0] == "seed"  # seeds outermost: a half-done sweep is a whole diagram
     assert set(spec.grid["gamma"]) >= {0.3, 0.8} and len(spec.grid["n_layers"]) >= 2
@@ -76,7 +76,10 @@ def test_the_phase_and_lr_wd_grids_on_the_shipped_recipe():
     from models.sweep import config_json
     from models.train import TrainConfig
 
+    from models.sweep import DEFAULT_SPEC
+
     phase = SweepSpec.from_toml("phase")
+    assert DEFAULT_SPEC == "phase"  # the default phase diagram
     assert list(phase.grid) == ["seed", "n_layers", "gamma"]  # seeds outermost: a partial run holds whole diagrams
     assert len(phase.grid["seed"]) == 5 and phase.grid["n_layers"] == (2, 3, 4)
     assert phase.grid["gamma"] == pytest.approx([0.1 * i for i in range(1, 11)])
@@ -91,7 +94,7 @@ def test_the_phase_and_lr_wd_grids_on_the_shipped_recipe():
     assert len(lr_wd.cells()) == 48
 
 
-SHIPPED_DB = Path(__file__).parents[1] / "models" / "sweeps" / "default.db"
+SHIPPED_DB = Path(__file__).parents[1] / "models" / "sweeps" / "old_recipe.db"
 
 
 @pytest.mark.parametrize("db", sorted(SHIPPED_DB.parent.glob("*.db")), ids=lambda p: p.name)
@@ -115,24 +118,24 @@ def test_a_database_that_is_not_its_spec_is_refused_with_the_difference(tmp_path
         con.execute("UPDATE cells SET config=? WHERE id=5", (json.dumps(config),))
     con.close()
     with pytest.raises(ValueError, match=r"cell 5: lr 0.001 -> 0.0003"):
-        check_database(db, "default")
+        check_database(db, "old_recipe")
     con = sqlite3.connect(db)
     with con:
         con.execute("DELETE FROM cells WHERE id=41")
     con.close()
     with pytest.raises(ValueError, match="it holds 41 cells, the spec has 42"):
-        check_database(db, "default")
+        check_database(db, "old_recipe")
 
 
 
 
-def test_the_shipped_phase_diagram_is_the_default_sweep_and_shows_the_papers_result():
-    """models/sweeps/default.db was made by `anchor-interp sweep --spec default` (same grid,
+def test_the_old_recipe_phase_diagram_holds_its_grid_and_shows_the_papers_result():
+    """models/sweeps/old_recipe.db was made by `anchor-interp sweep` on old_recipe.toml (same grid,
     every cell done) and shows, in seed means at depth 2: symmetric at the smallest gamma
     that fits, inferential at the largest."""
     meta, rows = results(SHIPPED_DB)
-    assert SweepSpec.from_dict(meta["spec"]) == SweepSpec.from_toml("default")
-    assert {r["status"] for r in rows} == {"done"} and len(rows) == len(SweepSpec.from_toml("default").cells())
+    assert SweepSpec.from_dict(meta["spec"]) == SweepSpec.from_toml("old_recipe")
+    assert {r["status"] for r in rows} == {"done"} and len(rows) == len(SweepSpec.from_toml("old_recipe").cells())
     cells = cell_table(meta, rows)
     assert cells["route"].isna().all() and cells["composition_score"].isna().all()  # made before mechanism recording: None
     phase = phase_table(cells, []).query("n_layers == 2").sort_values("gamma")
@@ -192,7 +195,7 @@ def test_a_toml_file_with_unknown_tables_is_refused(tmp_path):
     toml.write_text("[grid]\ngamma = [0.5]\n[fixd]\nlr = 0.001\n")
     with pytest.raises(ValueError, match=r"unknown tables/keys \['fixd'\]"):
         SweepSpec.from_toml(toml)
-    with pytest.raises(FileNotFoundError, match="shipped: .*default"):
+    with pytest.raises(FileNotFoundError, match="shipped: .*phase"):
         SweepSpec.from_toml(tmp_path / "missing.toml")
 
 
@@ -347,7 +350,7 @@ def test_cli_refuses_bad_input_in_one_line(tmp_path, capsys, monkeypatch):
     assert "is not a sweep database" in cli_error(capsys, "--db", str(not_ours), "--resume")
     assert "no sweep database at" in cli_error(capsys, "--db", str(tmp_path / "none.db"), "--resume")
 
-    assert cli.main(["sweep", "--spec", "default", "--db", str(tmp_path / "d.db"), "--dry-run"]) == 0
+    assert cli.main(["sweep", "--spec", "old_recipe", "--db", str(tmp_path / "d.db"), "--dry-run"]) == 0
     assert "42 cells: seed [0, 1, 2] x n_layers [2, 3]" in capsys.readouterr().out and not (tmp_path / "d.db").exists()
 
     monkeypatch.setitem(sys.modules, "ray", None)  # as if Ray were not installed
@@ -370,10 +373,10 @@ def test_a_sweep_whose_cells_fail_exits_non_zero_in_one_line(tmp_path, capsys):
 
 def test_dry_run_of_a_new_database_describes_the_default_spec(tmp_path, capsys):
     db = tmp_path / "new.db"
-    assert cli.main(["sweep", "--db", str(db), "--dry-run"]) == 0  # --spec defaults to the shipped default.toml
-    assert capsys.readouterr().out.startswith("42 cells: seed [0, 1, 2] x n_layers [2, 3]") and not db.exists()
+    assert cli.main(["sweep", "--db", str(db), "--dry-run"]) == 0  # --spec defaults to the shipped phase.toml
+    assert capsys.readouterr().out.startswith("150 cells: seed [10, 11, 12, 13, 14] x n_layers [2, 3, 4]") and not db.exists()
     assert cli.main(["sweep", "--db", str(db), "--dry-run", "--set", "max_steps=1000"]) == 0  # --set over the default
-    assert "fixed decay_norms=True, lr=0.0003, max_steps=1000" in capsys.readouterr().out and not db.exists()
+    assert "fixed max_steps=1000" in capsys.readouterr().out and not db.exists()
 
 
 def cli_error(capsys, *argv: str) -> str:
@@ -576,3 +579,16 @@ def test_only_runs_the_matching_cells_and_leaves_the_rest_pending(tmp_path):
     assert {r["params"]["gamma"]: r["status"] for r in results(db)[1]} == {0.3: "pending", 0.8: "done"}
     with pytest.raises(ValueError, match=r"does not sweep: \['lr'\]"):
         run_sweep(None, db, resume=True, progress=False, only={"lr": 1e-3})
+
+
+def test_the_readme_phase_table_is_printed_from_the_shipped_database():
+    """The README's phase-diagram table is `anchor-interp report models/sweeps/phase.db
+    --no-models --markdown`, verbatim: no number in it is typed by hand."""
+    from interp.sweep_report import phase_markdown
+
+    begin = "<!-- generated by: anchor-interp report models/sweeps/phase.db --no-models --markdown -->\n"
+    end = "<!-- end of generated table -->"
+    readme = (REPO / "README.md").read_text()
+    assert begin in readme and end in readme
+    block = readme.split(begin, 1)[1].split(end, 1)[0].strip()
+    assert block == phase_markdown(REPO / "models" / "sweeps" / "phase.db"), "rerun the command above and paste its table into the README"
