@@ -279,6 +279,67 @@ def accuracy_curves_figure(phase: pd.DataFrame, cells: pd.DataFrame, title: str 
     return fig
 
 
+MAP_AXES = ("lr", "weight_decay")  # a sweep over both gets the paper's appendix map: x lr, y weight decay
+
+
+def map_table(meta: dict[str, Any], rows: list[dict[str, Any]]) -> pd.DataFrame:
+    """One row per (gamma, n_layers, weight_decay, lr) of a sweep over both MAP_AXES: the
+    seeds' mean accuracies, the label of the means, the seeds' labels and routes, and how
+    many of its cells are done (a place with none done has NaN accuracies)."""
+    keys = ["gamma", "n_layers", *MAP_AXES]
+    records = [{**{k: r["params"].get(k, r.get(k)) for k in keys}, "done": r["status"] == "done", "label": r["label"],
+                "route": (r["metrics"] or {}).get("route"), **{a: r[a] for a in ACCURACIES}} for r in rows]
+    frame = pd.DataFrame(records, columns=[*keys, "done", "label", "route", *ACCURACIES])
+    finished = frame[frame["done"]]
+    table = frame.groupby(keys).agg(n_cells=("done", "size"), n_done=("done", "sum")).join(
+        finished.groupby(keys).agg(**{a: (a, "mean") for a in ACCURACIES},
+                                   seed_labels=("label", _counts), routes=("route", _counts))).reset_index()
+    table["label"] = [label_of(s, i, y) if s == s else None for s, i, y in
+                      zip(table["seen_test_keys"], table["inferential_test_keys"], table["symmetric_test_keys"])]
+    return table
+
+
+def lr_wd_map_figure(table: pd.DataFrame, title: str = "Learning rate x weight decay") -> go.Figure:
+    """The paper's appendix map: per gamma and depth (a row each), over lr (x) and weight
+    decay (y), the label of the seed means and the two (4,3) accuracies; pending places grey."""
+    places = table[["gamma", "n_layers"]].drop_duplicates().sort_values(["n_layers", "gamma"]).values.tolist()
+    lrs = [f"{v:g}" for v in sorted(table["lr"].unique())]
+    wds = [f"{v:g}" for v in sorted(table["weight_decay"].unique())]
+    names = [f"γ {g:g}, {int(d)} layers: {what}" for g, d in places for what in ("solution", "(4,3) inferential (x-10)", "(4,3) symmetric (x-6)")]
+    fig = make_subplots(len(places), 3, subplot_titles=names, horizontal_spacing=0.08, vertical_spacing=0.16)
+    n = len(LABELS) + 1  # the last code: pending
+    colors = [*(LABEL_COLORS[c] for c in LABELS), PENDING_COLOR]
+    scale = [[edge, color] for i, color in enumerate(colors) for edge in (i / n, (i + 1) / n)]
+    for row, (gamma, depth) in enumerate(places, start=1):
+        part = table[(table["gamma"] == gamma) & (table["n_layers"] == depth)].assign(x=lambda t: [f"{v:g}" for v in t["lr"]],
+                                                                                      y=lambda t: [f"{v:g}" for v in t["weight_decay"]])
+        at = part.set_index(["y", "x"])
+
+        def matrix(column: str) -> list[list[Any]]:  # [weight_decay, lr]
+            return [[at[column].get((y, x)) if (y, x) in at.index else None for x in lrs] for y in wds]
+
+        hover = [[(f"lr {x}, wd {y}: " + (f"{r['seed_labels']} ({r['n_done']:.0f} of {r['n_cells']:.0f} seeds done)<br>"
+                                           f"(4,3) x-10 {r['inferential_test_keys']:.2f}, x-6 {r['symmetric_test_keys']:.2f}, "
+                                           f"seen {r['seen_test_keys']:.2f}<br>routes: {r['routes'] or 'not recorded'}"
+                                           if r["n_done"] else f"pending ({r['n_cells']:.0f} cells)"))
+                  if (r := at.loc[(y, x)] if (y, x) in at.index else None) is not None else "not in the grid" for x in lrs] for y in wds]
+        labels = matrix("label")
+        codes = [[LABELS.index(v) if isinstance(v, str) else n - 1 for v in line] for line in labels]
+        text = [[SHORT_LABELS.get(v, v) if isinstance(v, str) else "pending" for v in line] for line in labels]
+        fig.add_trace(go.Heatmap(z=codes, x=lrs, y=wds, zmin=-0.5, zmax=n - 0.5, colorscale=scale, showscale=False, text=text,
+                                 texttemplate="%{text}", textfont=dict(color="white"), customdata=hover,
+                                 hovertemplate="%{customdata}<extra></extra>"), row, 1)
+        for col, column in ((2, "inferential_test_keys"), (3, "symmetric_test_keys")):
+            fig.add_trace(go.Heatmap(z=np.array(matrix(column), dtype=float), x=lrs, y=wds, coloraxis="coloraxis", customdata=hover,
+                                     texttemplate="%{z:.2f}", hovertemplate="%{customdata}<extra></extra>"), row, col)
+        for col in (1, 2, 3):
+            fig.update_xaxes(title_text="peak lr", type="category", row=row, col=col)
+            fig.update_yaxes(title_text="weight decay" if col == 1 else None, type="category", row=row, col=col)
+    fig.update_layout(coloraxis=dict(colorscale="Viridis", cmin=0, cmax=1, colorbar=dict(title="acc")),
+                      title=f"{title}: seed means", height=120 + 300 * len(places), width=MAX_WIDTH)
+    return fig
+
+
 def status_figure(meta: dict[str, Any], rows: list[dict[str, Any]], cells: pd.DataFrame) -> go.Figure:
     """The sweep itself: its spec and command, progress, cost, agreement, and any failed cells."""
     status = pd.Series([r["status"] for r in rows]).value_counts()
@@ -325,6 +386,8 @@ def sweep_sections(db_path: str | os.PathLike) -> list[tuple[str, go.Figure]]:
     sections = [("Sweep", status_figure(meta, rows, cells))]
     if not rows:
         return sections
+    if all(len(meta["spec"]["grid"].get(axis, ())) > 1 for axis in MAP_AXES):
+        sections.append(("Learning rate x weight decay", lr_wd_map_figure(map_table(meta, rows))))
     phase = phase_table(cells, facets, progress_table(meta, rows))
     cell_groups = dict(facet_groups(cells, facets))
     seeds = len({r["seed"] for r in rows})

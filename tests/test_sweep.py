@@ -13,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -592,3 +593,37 @@ def test_the_readme_phase_table_is_printed_from_the_shipped_database():
     assert begin in readme and end in readme
     block = readme.split(begin, 1)[1].split(end, 1)[0].strip()
     assert block == phase_markdown(REPO / "models" / "sweeps" / "phase.db"), "rerun the command above and paste its table into the README"
+
+
+def test_a_sweep_over_lr_and_weight_decay_gets_the_appendix_map(tmp_path):
+    """lr x weight decay at two gammas: each place's label of its seed means, the two (4,3)
+    accuracies, pending places marked; one seed of one place not run yet."""
+    from interp.sweep_report import lr_wd_map_figure, map_table
+
+    db = tmp_path / "lr_wd.db"
+    spec = SweepSpec.parse(["seed=0,1", "gamma=0.3,0.8", "weight_decay=0.3,1.5", "lr=3e-4,1e-3"], ["d_model=64", "d_head=32"])
+    store = SweepStore.create(db, spec, spec.cells())
+    for cell in spec.cells():
+        p = cell.params
+        if p["gamma"] == 0.8 and p["weight_decay"] == 0.3 and p["lr"] == 3e-4:
+            continue  # a place not run yet
+        if p["gamma"] == 0.3 and p["lr"] == 1e-3 and p["seed"] == 1:
+            continue  # one seed pending
+        store.record_done(cell.id, fake_outcome(1.0, 0.9, 0.05, route="inferential") if p["gamma"] == 0.8
+                          else fake_outcome(1.0, 0.0, 0.6 + 0.2 * p["seed"], route="symmetric"))
+    store.close()
+    meta, all_rows = results(db)
+    table = map_table(meta, all_rows).set_index(["gamma", "n_layers", "weight_decay", "lr"])
+    assert table.loc[(0.3, 2, 1.5, 3e-4), "symmetric_test_keys"] == pytest.approx(0.7)  # the mean of 0.6 and 0.8
+    assert table.loc[(0.3, 2, 1.5, 1e-3), ["n_done", "n_cells"]].tolist() == [1, 2]
+    assert table.loc[(0.8, 2, 0.3, 3e-4), "n_done"] == 0 and not isinstance(table.loc[(0.8, 2, 0.3, 3e-4), "label"], str)
+
+    sections = dict(sweep_sections(db))
+    assert list(sections)[:2] == ["Sweep", "Learning rate x weight decay"]
+    figure = lr_wd_map_figure(map_table(meta, all_rows))
+    solution_03, _, symmetric_03, solution_08, inferential_08, _ = figure.data  # rows: gamma 0.3, then 0.8
+    assert [list(r) for r in solution_08.text] == [["pending", "inf"], ["inf", "inf"]]  # y: wd 0.3, 1.5; x: lr 3e-4, 1e-3
+    assert [list(r) for r in solution_03.text] == [["sym", "sym"], ["sym", "sym"]]
+    assert "(1 of 2 seeds done)" in solution_03.customdata[1][1] and "pending (2 cells)" in solution_08.customdata[0][0]
+    assert symmetric_03.z[1][0] == pytest.approx(0.7) and np.isnan(inferential_08.z[0][0])
+    assert figure.layout.width <= 1200
