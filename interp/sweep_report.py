@@ -23,7 +23,6 @@ whose route equals their behavioural label.
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Any
 
@@ -415,13 +414,14 @@ def phase_markdown(db_path: str | os.PathLike, clean_share: float = 0.8) -> str:
     axes = [k for k in meta["spec"]["grid"] if k != "seed"]
     order = {k: list(v) for k, v in meta["spec"]["grid"].items()}
     groups = sorted(seed_groups(rows), key=lambda g: [order[k].index(g.setting[k]) for k in axes])
-    done = [r for r in rows if r["status"] == "done"]
-    d_model = {json.dumps({k: r["params"][k] for k in axes}, sort_keys=True): r["d_model"] for r in rows}
 
-    def mechanism(setting: dict[str, Any]) -> tuple[str, str]:
-        runs = [r for r in done if all(r["params"][k] == v for k, v in setting.items())]
-        routes = pd.Series([(r["metrics"] or {}).get("route") for r in runs], dtype=object).dropna()
-        scores = [s for s in ((r["metrics"] or {}).get("composition_score") for r in runs) if s is not None]
+    def members(setting: dict[str, Any]) -> list[dict[str, Any]]:
+        return [r for r in rows if all(r["params"][k] == v for k, v in setting.items())]
+
+    def mechanism(runs: list[dict[str, Any]]) -> tuple[str, str]:
+        metrics = [r["metrics"] or {} for r in runs if r["status"] == "done"]
+        routes = pd.Series([m.get("route") for m in metrics], dtype=object).dropna()
+        scores = [m["composition_score"] for m in metrics if m.get("composition_score") is not None]
         return (_counts(routes) or "not recorded"), (f"{sum(s >= COMPOSES for s in scores)} of {len(scores)}" if scores else "not recorded")
 
     header = [*axes, "runs", "labels", f"the most common solution at >= {CLEAN}", "route (trace_flows)", f"composes (score >= {COMPOSES})",
@@ -429,34 +429,30 @@ def phase_markdown(db_path: str | os.PathLike, clean_share: float = 0.8) -> str:
     if "gamma" in axes:
         header[axes.index("gamma")] = "gamma (init std of W_E)"
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    phases: dict[str, dict[str, list[str]]] = {}
+    phases: dict[str, dict[str, Any]] = {}  # per setting but gamma: runs done / in all, gammas with a clean phase
     for g in groups:
+        runs = members(g.setting)
         values = [f"{g.setting[k]:g}" if isinstance(g.setting[k], float) else str(g.setting[k]) for k in axes]
         if "gamma" in axes:
-            std = float(d_model[json.dumps(g.setting, sort_keys=True)]) ** -g.setting["gamma"]
-            values[axes.index("gamma")] += f" ({std:.2g})"
+            values[axes.index("gamma")] += f" ({float(runs[0]['d_model']) ** -g.setting['gamma']:.2g})"
+        place = phases.setdefault(", ".join(f"{k} {g.setting[k]}" for k in axes if k != "gamma") or "all",
+                                  {"done": 0, "all": 0, "symmetric": [], "inferential": []})
+        place["done"], place["all"] = place["done"] + g.n, place["all"] + len(runs)
         if not g.n:
             lines.append("| " + " | ".join([*values, f"0 (+{g.pending} pending)", *["pending"] * (len(header) - len(axes) - 1)]) + " |")
             continue
-        k_clean = sum(a >= CLEAN for a, s in zip(g.accuracy, g.seeds))
-        routes, composes = mechanism(g.setting)
+        k_clean = sum(a >= CLEAN for a in g.accuracy)
+        if "gamma" in axes and g.solution in place and k_clean >= clean_share * len(runs):
+            place[g.solution].append(f"{g.setting['gamma']:g} ({k_clean}/{len(runs)})")
         labels = ", ".join(f"{label} {k}" for label, k in g.labels.items())
-        runs = f"{g.n}" + (f" (+{g.pending} pending)" if g.pending else "")
-        lines.append("| " + " | ".join([*values, runs, labels, f"{g.solution} {k_clean}", routes, composes,
-                                        " ".join(f"{a:.2f}" for a in g.position_means())]) + " |")
-        rest = ", ".join(f"{k} {g.setting[k]}" for k in axes if k != "gamma") or "all"
-        place = phases.setdefault(rest, {"symmetric": [], "inferential": [], "runs": [0, 0]})
-        place["runs"][0] += g.n
-        place["runs"][1] += g.n + g.pending
-        if "gamma" in axes and g.solution in place and k_clean >= clean_share * (g.n + g.pending):
-            place[g.solution].append(f"{g.setting['gamma']:g} ({k_clean}/{g.n + g.pending})")
+        lines.append("| " + " | ".join([*values, f"{g.n}" + (f" (+{g.pending} pending)" if g.pending else ""), labels,
+                                        f"{g.solution} {k_clean}", *mechanism(runs), " ".join(f"{a:.2f}" for a in g.position_means())]) + " |")
     lines.append("")
-    share = f"{clean_share:.0%}"
     for rest, place in phases.items():
         found = "; ".join(f"{solution} at gamma {', '.join(place[solution])}" if place[solution] else f"{solution}: none"
                           for solution in ("symmetric", "inferential"))
-        runs = f"{place['runs'][0]} of {place['runs'][1]} runs done"
-        lines.append(f"- {rest} ({runs}): clean phases (>= {share} of a cell's seeds give the solution at >= {CLEAN}): {found}.")
+        lines.append(f"- {rest} ({place['done']} of {place['all']} runs done): clean phases (>= {clean_share:.0%} of a cell's seeds "
+                     f"give the solution at >= {CLEAN}): {found}.")
     cells = cell_table(meta, rows)
     (agree, judged), (composed, scored) = agreement(cells), agreement(cells, "composition")
     if judged or scored:
