@@ -412,7 +412,8 @@ def test_a_second_live_sweep_on_the_same_database_is_refused(tmp_path):
 def fake_outcome(seen: float, inferential: float, symmetric: float, **mechanism) -> dict:
     from probes.solution import label_of
 
-    metrics = dict(label=label_of(seen, inferential, symmetric), seen_test_keys=seen, inferential_test_keys=inferential, symmetric_test_keys=symmetric, **mechanism)
+    metrics = dict(label=label_of(seen, inferential, symmetric), seen_test_keys=seen, inferential_test_keys=inferential, symmetric_test_keys=symmetric,
+                   inferential_by_position=[inferential] * 7, symmetric_by_position=[symmetric] * 7, **mechanism)
     return dict(metrics=metrics, steps=1, stopped_early=False, train_seconds=1.0, wall_seconds=2.0, threads=1, worker="h:1", versions={}, checkpoint=None)
 
 
@@ -555,6 +556,16 @@ def test_behaviour_and_mechanism_side_by_side_with_their_agreement(tmp_path):
     assert [list(r) for r in route.text] == [["sym*", "inf"], ["pending", "pending"]]
     assert list(share.text[0]) == ["2/2", "2/3"] and share.z[0][1] == pytest.approx(2 / 3)
     assert all((f.layout.width or 0) <= 1200 for _, f in sweep_sections(db))  # fits a 1280 px window (a table fills its column)
+
+    from interp.sweep_report import phase_markdown
+
+    table = phase_markdown(db)  # the README's form of the same database
+    assert "| 2 | 0.8 (0.036) | 3 | inferential 3 | inferential 3 | inferential 2, symmetric 1 | 3 of 3 | 0.97 0.97" in table
+    assert "| 3 | 0.3 (0.29) | 0 (+3 pending) | pending |" in table
+    # A clean phase needs >= 80% of the cell's seeds, pending ones counted: 2 clean of 3 is not one.
+    assert "- n_layers 2 (5 of 6 runs done): clean phases (>= 80% of a cell's seeds give the solution at >= 0.9): symmetric: none; inferential at gamma 0.8 (3/3)." in table
+    assert "- n_layers 3 (0 of 6 runs done)" in table
+    assert "route rule names the behavioural label in 4 of 5 (80%); the composition test agrees in 5 of 5." in table
 
 
 def test_report_on_a_sweep_with_a_d_model_axis(tmp_path, capsys):
