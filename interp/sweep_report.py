@@ -429,14 +429,15 @@ def phase_markdown(db_path: str | os.PathLike, clean_share: float = 0.8) -> str:
     if "gamma" in axes:
         header[axes.index("gamma")] = "gamma (init std of W_E)"
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    phases: dict[str, dict[str, Any]] = {}  # per setting but gamma: runs done / in all, gammas with a clean phase
+    phases: dict[str, dict[str, Any]] = {}  # per setting but gamma: its runs done / in all, the gammas with a clean phase
     for g in groups:
         runs = members(g.setting)
         values = [f"{g.setting[k]:g}" if isinstance(g.setting[k], float) else str(g.setting[k]) for k in axes]
         if "gamma" in axes:
             values[axes.index("gamma")] += f" ({float(runs[0]['d_model']) ** -g.setting['gamma']:.2g})"
-        place = phases.setdefault(", ".join(f"{k} {g.setting[k]}" for k in axes if k != "gamma") or "all",
-                                  {"done": 0, "all": 0, "symmetric": [], "inferential": []})
+        rest = {k: v for k, v in g.setting.items() if k != "gamma"}
+        place = phases.setdefault(", ".join(f"{k} {v}" for k, v in rest.items()) or "all",
+                                  {"setting": rest, "done": 0, "all": 0, "symmetric": [], "inferential": []})
         place["done"], place["all"] = place["done"] + g.n, place["all"] + len(runs)
         if not g.n:
             lines.append("| " + " | ".join([*values, f"0 (+{g.pending} pending)", *["pending"] * (len(header) - len(axes) - 1)]) + " |")
@@ -448,12 +449,15 @@ def phase_markdown(db_path: str | os.PathLike, clean_share: float = 0.8) -> str:
         lines.append("| " + " | ".join([*values, f"{g.n}" + (f" (+{g.pending} pending)" if g.pending else ""), labels,
                                         f"{g.solution} {k_clean}", *mechanism(runs), " ".join(f"{a:.2f}" for a in g.position_means())]) + " |")
     lines.append("")
+    cells = cell_table(meta, rows)
     for rest, place in phases.items():
+        part = cells[np.logical_and.reduce([cells[k] == v for k, v in place["setting"].items()] or [np.ones(len(cells), bool)])]
         found = "; ".join(f"{solution} at gamma {', '.join(place[solution])}" if place[solution] else f"{solution}: none"
                           for solution in ("symmetric", "inferential"))
+        (agree, judged), (composed, scored) = agreement(part), agreement(part, "composition")
         lines.append(f"- {rest} ({place['done']} of {place['all']} runs done): clean phases (>= {clean_share:.0%} of a cell's seeds "
-                     f"give the solution at >= {CLEAN}): {found}.")
-    cells = cell_table(meta, rows)
+                     f"give the solution at >= {CLEAN}): {found}. Of its clean runs, the route names the label in {agree} of {judged}, "
+                     f"the composition test agrees in {composed} of {scored}.")
     (agree, judged), (composed, scored) = agreement(cells), agreement(cells, "composition")
     if judged or scored:
         lines.append(f"- Mechanism over the {max(judged, scored)} clean runs (label's (4,3) accuracy >= {CLEAN}): the route rule names the "

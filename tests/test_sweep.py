@@ -147,26 +147,44 @@ def test_the_old_recipe_phase_diagram_holds_its_grid_and_shows_the_papers_result
     assert largest["inferential_test_keys"] > largest["symmetric_test_keys"], largest.to_dict()
 
 
-def test_the_shipped_phase_database_so_far_shows_both_clean_phases_at_depth_2():
-    """models/sweeps/phase.db (README "Phase diagrams"): depth 2 done, depth 3 in part, with
-    mechanism per run; the rest pending. At depth 2 a small gamma is symmetric and gamma 0.8
-    inferential in >= 80% of seeds at >= 0.9 on (4,3), and the composition test agrees with
-    every clean run."""
+PHASE_DB = REPO / "models" / "sweeps" / "phase.db"
+
+
+def test_the_default_phase_database_holds_its_grid_with_mechanism_and_the_papers_result():
+    """models/sweeps/phase.db (README "Phase diagrams"): every cell of phase.toml done on the
+    shipped recipe, each with its mechanism. At every depth the seeds' majority is symmetric
+    at the large inits (gamma <= 0.4) and inferential at gamma 0.6-0.7; the smallest init
+    (gamma 1.0) is symmetric again, in the position-6 form. Clean phases (>= 80% of seeds at
+    >= 0.9 on (4,3)) and the mechanism agreement as the README reports them."""
     from interp.sweep_report import agreement, cell_table
 
-    meta, all_rows = results(SHIPPED_DB.with_name("phase.db"))
-    finished = [r for r in all_rows if r["status"] == "done"]
-    done = [r for r in finished if r["n_layers"] == 2]
-    assert len(done) == 50 and {r["status"] for r in all_rows} <= {"done", "pending"}
-    assert all({"route", "route_by_position", "composition_score", "wq_groups"} <= set(r["metrics"]) for r in finished)
+    check_database(PHASE_DB, "phase")
+    meta, rows = results(PHASE_DB)
+    assert len(rows) == 150 and {r["status"] for r in rows} == {"done"}
+    assert all({"route", "route_by_position", "composition_score", "wq_groups", "mean_stable_rank"} <= set(r["metrics"]) for r in rows)
 
-    def clean_share(gamma, label):
-        runs = [r for r in done if r["gamma"] == gamma]
-        return sum(r["label"] == label and r["metrics"][f"{label}_test_keys"] >= 0.9 for r in runs) / len(runs)
+    def runs(depth, gamma):
+        return [r for r in rows if r["n_layers"] == depth and r["gamma"] == gamma]
 
-    assert clean_share(0.1, "symmetric") >= 0.8 and clean_share(0.8, "inferential") >= 0.8
-    composed, scored = agreement(cell_table(meta, all_rows), "composition")
-    assert scored >= 20 and composed == scored
+    def share(depth, gamma, label, at_least=0.0):
+        cell = runs(depth, gamma)
+        return sum(r["label"] == label and r["metrics"][f"{label}_test_keys"] >= at_least for r in cell) / len(cell)
+
+    for depth in (2, 3, 4):
+        assert all(share(depth, g, "symmetric") > 0.5 for g in (0.1, 0.2, 0.3, 0.4)), depth
+        assert all(share(depth, g, "inferential") > 0.5 for g in (0.6, 0.7)), depth
+        assert share(depth, 1.0, "symmetric") > 0.5
+        assert all(r["metrics"]["symmetric_by_position"][6] < 0.1 for r in runs(depth, 1.0))  # position 6 composes
+    clean_phases = {depth: {label: [g for g in meta["spec"]["grid"]["gamma"] if share(depth, g, label, 0.9) >= 0.8]
+                            for label in ("symmetric", "inferential")} for depth in (2, 3, 4)}
+    assert clean_phases == {2: {"symmetric": [0.1], "inferential": [0.8]},
+                            3: {"symmetric": [0.3, 0.4], "inferential": []},  # inferential 5/5 at 0.6-0.7, 3 of them >= 0.9
+                            4: {"symmetric": [0.4], "inferential": [0.5, 0.6, 0.7]}}
+    cells = cell_table(meta, rows)
+    (agree, judged), (composed, scored) = agreement(cells), agreement(cells, "composition")
+    # The composition test meets the issue's 90%; the route rule (built on 2-layer models) does
+    # not at depth 4, where composing models also read both anchors at the answer position.
+    assert (composed, scored) == (72, 73) and (agree, judged) == (62, 73)
 
 
 @pytest.mark.parametrize(
