@@ -281,21 +281,29 @@ def accuracy_curves_figure(phase: pd.DataFrame, cells: pd.DataFrame, title: str 
 MAP_AXES = ("lr", "weight_decay")  # a sweep over both gets the paper's appendix map: x lr, y weight decay
 
 
-def map_table(meta: dict[str, Any], rows: list[dict[str, Any]]) -> pd.DataFrame:
+def map_table(cells: pd.DataFrame, rows: list[dict[str, Any]]) -> pd.DataFrame:
     """One row per (gamma, n_layers, weight_decay, lr) of a sweep over both MAP_AXES: the
-    seeds' mean accuracies, the label of the means, the seeds' labels and routes, and how
-    many of its cells are done (a place with none done has NaN accuracies)."""
+    seeds' mean accuracies, the label of the means, the seeds' labels and routes (from
+    `cells`, cell_table's finished runs), and how many of its `rows` are done (a place with
+    none done has NaN accuracies)."""
     keys = ["gamma", "n_layers", *MAP_AXES]
-    records = [{**{k: r["params"].get(k, r.get(k)) for k in keys}, "done": r["status"] == "done", "label": r["label"],
-                "route": (r["metrics"] or {}).get("route"), **{a: r[a] for a in ACCURACIES}} for r in rows]
-    frame = pd.DataFrame(records, columns=[*keys, "done", "label", "route", *ACCURACIES])
-    finished = frame[frame["done"]]
-    table = frame.groupby(keys).agg(n_cells=("done", "size"), n_done=("done", "sum")).join(
-        finished.groupby(keys).agg(**{a: (a, "mean") for a in ACCURACIES},
-                                   seed_labels=("label", _counts), routes=("route", _counts))).reset_index()
+    status = pd.DataFrame([{**{k: r["params"].get(k, r.get(k)) for k in keys}, "done": r["status"] == "done"} for r in rows])
+    table = status.groupby(keys).agg(n_cells=("done", "size"), n_done=("done", "sum")).join(
+        cells.groupby(keys).agg(**{a: (a, "mean") for a in ACCURACIES}, seed_labels=("label", _counts), routes=("route", _counts))
+    ).reset_index()
     table["label"] = [label_of(s, i, y) if s == s else None for s, i, y in
                       zip(table["seen_test_keys"], table["inferential_test_keys"], table["symmetric_test_keys"])]
     return table
+
+
+def _map_hover(r: pd.Series | None, lr: str, wd: str) -> str:
+    if r is None:
+        return "not in the grid"
+    if not r["n_done"]:
+        return f"lr {lr}, wd {wd}: pending ({r['n_cells']:.0f} cells)"
+    return (f"lr {lr}, wd {wd}: {r['seed_labels']} ({r['n_done']:.0f} of {r['n_cells']:.0f} seeds done)<br>"
+            f"(4,3) x-10 {r['inferential_test_keys']:.2f}, x-6 {r['symmetric_test_keys']:.2f}, seen {r['seen_test_keys']:.2f}<br>"
+            f"routes: {r['routes'] or 'not recorded'}")
 
 
 def lr_wd_map_figure(table: pd.DataFrame, title: str = "Learning rate x weight decay") -> go.Figure:
@@ -317,11 +325,7 @@ def lr_wd_map_figure(table: pd.DataFrame, title: str = "Learning rate x weight d
         def matrix(column: str) -> list[list[Any]]:  # [weight_decay, lr]
             return [[at[column].get((y, x)) if (y, x) in at.index else None for x in lrs] for y in wds]
 
-        hover = [[(f"lr {x}, wd {y}: " + (f"{r['seed_labels']} ({r['n_done']:.0f} of {r['n_cells']:.0f} seeds done)<br>"
-                                           f"(4,3) x-10 {r['inferential_test_keys']:.2f}, x-6 {r['symmetric_test_keys']:.2f}, "
-                                           f"seen {r['seen_test_keys']:.2f}<br>routes: {r['routes'] or 'not recorded'}"
-                                           if r["n_done"] else f"pending ({r['n_cells']:.0f} cells)"))
-                  if (r := at.loc[(y, x)] if (y, x) in at.index else None) is not None else "not in the grid" for x in lrs] for y in wds]
+        hover = [[_map_hover(at.loc[(y, x)] if (y, x) in at.index else None, x, y) for x in lrs] for y in wds]
         labels = matrix("label")
         codes = [[LABELS.index(v) if isinstance(v, str) else n - 1 for v in line] for line in labels]
         text = [[SHORT_LABELS.get(v, v) if isinstance(v, str) else "pending" for v in line] for line in labels]
@@ -386,7 +390,7 @@ def sweep_sections(db_path: str | os.PathLike) -> list[tuple[str, go.Figure]]:
     if not rows:
         return sections
     if all(len(meta["spec"]["grid"].get(axis, ())) > 1 for axis in MAP_AXES):
-        sections.append(("Learning rate x weight decay", lr_wd_map_figure(map_table(meta, rows))))
+        sections.append(("Learning rate x weight decay", lr_wd_map_figure(map_table(cells, rows))))
     phase = phase_table(cells, facets, progress_table(meta, rows))
     cell_groups = dict(facet_groups(cells, facets))
     seeds = len({r["seed"] for r in rows})
@@ -411,18 +415,16 @@ def phase_markdown(db_path: str | os.PathLike, clean_share: float = 0.8) -> str:
     from interp.seeds import seed_groups  # the seed statistics' grouping: one row per setting
 
     meta, rows = results(db_path)
+    cells = cell_table(meta, rows)  # the finished runs, with their mechanism and clean/agreement verdicts
     axes = [k for k in meta["spec"]["grid"] if k != "seed"]
     order = {k: list(v) for k, v in meta["spec"]["grid"].items()}
     groups = sorted(seed_groups(rows), key=lambda g: [order[k].index(g.setting[k]) for k in axes])
 
-    def members(setting: dict[str, Any]) -> list[dict[str, Any]]:
-        return [r for r in rows if all(r["params"][k] == v for k, v in setting.items())]
+    def finished(setting: dict[str, Any]) -> pd.DataFrame:
+        return cells[np.logical_and.reduce([cells[k] == v for k, v in setting.items()] or [np.ones(len(cells), bool)])]
 
-    def mechanism(runs: list[dict[str, Any]]) -> tuple[str, str]:
-        metrics = [r["metrics"] or {} for r in runs if r["status"] == "done"]
-        routes = pd.Series([m.get("route") for m in metrics], dtype=object).dropna()
-        scores = [m["composition_score"] for m in metrics if m.get("composition_score") is not None]
-        return (_counts(routes) or "not recorded"), (f"{sum(s >= COMPOSES for s in scores)} of {len(scores)}" if scores else "not recorded")
+    def d_model(setting: dict[str, Any]) -> int:  # pending settings too: from the rows
+        return next(r["d_model"] for r in rows if all(r["params"][k] == v for k, v in setting.items()))
 
     header = [*axes, "runs", "labels", f"the most common solution at >= {CLEAN}", "route (trace_flows)", f"composes (score >= {COMPOSES})",
               "its mean accuracy by key position 0-6"]
@@ -431,27 +433,30 @@ def phase_markdown(db_path: str | os.PathLike, clean_share: float = 0.8) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     phases: dict[str, dict[str, Any]] = {}  # per setting but gamma: its runs done / in all, the gammas with a clean phase
     for g in groups:
-        runs = members(g.setting)
+        n_cells = g.n + g.pending
         values = [f"{g.setting[k]:g}" if isinstance(g.setting[k], float) else str(g.setting[k]) for k in axes]
         if "gamma" in axes:
-            values[axes.index("gamma")] += f" ({float(runs[0]['d_model']) ** -g.setting['gamma']:.2g})"
+            values[axes.index("gamma")] += f" ({float(d_model(g.setting)) ** -g.setting['gamma']:.2g})"
         rest = {k: v for k, v in g.setting.items() if k != "gamma"}
         place = phases.setdefault(", ".join(f"{k} {v}" for k, v in rest.items()) or "all",
                                   {"setting": rest, "done": 0, "all": 0, "symmetric": [], "inferential": []})
-        place["done"], place["all"] = place["done"] + g.n, place["all"] + len(runs)
+        place["done"], place["all"] = place["done"] + g.n, place["all"] + n_cells
         if not g.n:
             lines.append("| " + " | ".join([*values, f"0 (+{g.pending} pending)", *["pending"] * (len(header) - len(axes) - 1)]) + " |")
             continue
         k_clean = sum(a >= CLEAN for a in g.accuracy)
-        if "gamma" in axes and g.solution in place and k_clean >= clean_share * len(runs):
-            place[g.solution].append(f"{g.setting['gamma']:g} ({k_clean}/{len(runs)})")
+        if "gamma" in axes and g.solution in place and k_clean >= clean_share * n_cells:
+            place[g.solution].append(f"{g.setting['gamma']:g} ({k_clean}/{n_cells})")
+        runs = finished(g.setting)
+        scores = pd.to_numeric(runs["composition_score"], errors="coerce").dropna()
+        routes = _counts(runs["route"].dropna()) or "not recorded"
+        composes = f"{int((scores >= COMPOSES).sum())} of {len(scores)}" if len(scores) else "not recorded"
         labels = ", ".join(f"{label} {k}" for label, k in g.labels.items())
         lines.append("| " + " | ".join([*values, f"{g.n}" + (f" (+{g.pending} pending)" if g.pending else ""), labels,
-                                        f"{g.solution} {k_clean}", *mechanism(runs), " ".join(f"{a:.2f}" for a in g.position_means())]) + " |")
+                                        f"{g.solution} {k_clean}", routes, composes, " ".join(f"{a:.2f}" for a in g.position_means())]) + " |")
     lines.append("")
-    cells = cell_table(meta, rows)
     for rest, place in phases.items():
-        part = cells[np.logical_and.reduce([cells[k] == v for k, v in place["setting"].items()] or [np.ones(len(cells), bool)])]
+        part = finished(place["setting"])
         found = "; ".join(f"{solution} at gamma {', '.join(place[solution])}" if place[solution] else f"{solution}: none"
                           for solution in ("symmetric", "inferential"))
         (agree, judged), (composed, scored) = agreement(part), agreement(part, "composition")

@@ -642,14 +642,14 @@ def test_a_sweep_over_lr_and_weight_decay_gets_the_appendix_map(tmp_path):
                           else fake_outcome(1.0, 0.0, 0.6 + 0.2 * p["seed"], route="symmetric"))
     store.close()
     meta, all_rows = results(db)
-    table = map_table(meta, all_rows).set_index(["gamma", "n_layers", "weight_decay", "lr"])
+    table = map_table(cell_table(meta, all_rows), all_rows).set_index(["gamma", "n_layers", "weight_decay", "lr"])
     assert table.loc[(0.3, 2, 1.5, 3e-4), "symmetric_test_keys"] == pytest.approx(0.7)  # the mean of 0.6 and 0.8
     assert table.loc[(0.3, 2, 1.5, 1e-3), ["n_done", "n_cells"]].tolist() == [1, 2]
     assert table.loc[(0.8, 2, 0.3, 3e-4), "n_done"] == 0 and not isinstance(table.loc[(0.8, 2, 0.3, 3e-4), "label"], str)
 
     sections = dict(sweep_sections(db))
     assert list(sections)[:2] == ["Sweep", "Learning rate x weight decay"]
-    figure = lr_wd_map_figure(map_table(meta, all_rows))
+    figure = lr_wd_map_figure(map_table(cell_table(meta, all_rows), all_rows))
     solution_03, _, symmetric_03, solution_08, inferential_08, _ = figure.data  # rows: gamma 0.3, then 0.8
     assert [list(r) for r in solution_08.text] == [["pending", "inf"], ["inf", "inf"]]  # y: wd 0.3, 1.5; x: lr 3e-4, 1e-3
     assert [list(r) for r in solution_03.text] == [["sym", "sym"], ["sym", "sym"]]
