@@ -224,8 +224,10 @@ def weight_names(model: Model) -> list[str]:
     return [n for n in tl_params(model) if n.rsplit(".", 1)[-1].startswith("W_")]
 
 
-def init_std(name: str, model: Model, gamma: float) -> float:
-    return fan_in(name, tl_params(model)[name], model.cfg) ** -gamma
+def init_stds(model: Model, gamma: float) -> dict[str, float]:
+    """The init std of every weight matrix, fan_in^-gamma (HookedTransformer names)."""
+    params = tl_params(model)
+    return {name: fan_in(name, params[name], model.cfg) ** -gamma for name in weight_names(model)}
 
 
 def build(gamma: float, n_layers: int = 2, seed: int = 0, task: AnchorTask = AnchorTask(), **overrides) -> Model:

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from models import hooked
-from models.train import TrainConfig, _hooked_config_fields
+from models.train import TrainConfig
 
 SPECS = Path(__file__).parent / "sweeps"  # shipped specs: `--spec phase` is SPECS/phase.toml
 DEFAULT_SPEC = "phase"  # the default phase diagram: gamma x depth 2-4 x 5 seeds on the shipped recipe
@@ -65,7 +65,7 @@ def canonical_name(name: str) -> str:
     name = ALIASES.get(name, name)
     if name in TRAIN_FIELDS:
         return name
-    arch = _hooked_config_fields() - set(TASK_SET)
+    arch = hooked.config_fields() - set(TASK_SET)
     if name in arch:
         return name
     if name in TASK_SET or name in ("arch", "task"):

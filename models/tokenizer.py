@@ -64,15 +64,13 @@ class AnchorTokenizer(PreTrainedTokenizerFast):
         return self.task.vocabulary_error(word, position, row)
 
 
-def _word_level(task: AnchorTask) -> Tokenizer:
-    spare = unused_id(task)
+def _word_level(task: AnchorTask, spare: int | None) -> Tokenizer:
     tokenizer = Tokenizer(models.WordLevel({str(i): i for i in range(task.vocab_size)}, unk_token=None if spare is None else str(spare)))
     tokenizer.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     return tokenizer
 
 
-def _wrap(tokenizer: Tokenizer, task: AnchorTask) -> AnchorTokenizer:
-    spare = unused_id(task)
+def _wrap(tokenizer: Tokenizer, task: AnchorTask, spare: int | None) -> AnchorTokenizer:
     spare_word = None if spare is None else str(spare)
     return AnchorTokenizer(tokenizer_object=tokenizer, task=task, unk_token=spare_word, pad_token=spare_word,
                            clean_up_tokenization_spaces=False)
@@ -80,7 +78,8 @@ def _wrap(tokenizer: Tokenizer, task: AnchorTask) -> AnchorTokenizer:
 
 def task_tokenizer(task: AnchorTask = AnchorTask()) -> AnchorTokenizer:
     """The word-level tokenizer of `task`'s vocabulary."""
-    return _wrap(_word_level(task), task)
+    spare = unused_id(task)  # the unknown and pad word
+    return _wrap(_word_level(task, spare), task, spare)
 
 
 def save_tokenizer(tokenizer: PreTrainedTokenizerFast, path: str | os.PathLike) -> None:
@@ -88,4 +87,4 @@ def save_tokenizer(tokenizer: PreTrainedTokenizerFast, path: str | os.PathLike) 
 
 
 def load_tokenizer(path: str | os.PathLike, task: AnchorTask) -> AnchorTokenizer:
-    return _wrap(Tokenizer.from_file(str(path)), task)
+    return _wrap(Tokenizer.from_file(str(path)), task, unused_id(task))

@@ -82,7 +82,7 @@ class TrainConfig:
         bad = [f"{name}={getattr(self, name)!r} (must be {rule})" for name, (ok, rule) in checks.items() if not ok]
         if bad:
             raise ValueError("invalid training settings: " + ", ".join(bad))
-        unknown = set(self.arch) - _hooked_config_fields()
+        unknown = set(self.arch) - hooked.config_fields()
         if unknown:
             raise ValueError(f"unknown architecture settings {sorted(unknown)}")
 
@@ -108,10 +108,6 @@ class TrainConfig:
         cfg = hooked.hooked_config(self.task, self.n_layers, **self.arch)
         hooked.check_model_fits_task(cfg, self.task)
         return cfg
-
-
-def _hooked_config_fields() -> set[str]:
-    return hooked.config_fields()
 
 
 # Config values the fused forward below reproduces; any other config trains through the
@@ -417,7 +413,7 @@ def make_card(result: TrainResult, command: str, metrics: dict[str, Any]) -> dic
         "threads": torch.get_num_threads(),
         "metrics": metrics,
         "gamma": config.gamma,
-        "init_std": {name: hooked.init_std(name, model, config.gamma) for name in hooked.weight_names(model)},
+        "init_std": hooked.init_stds(model, config.gamma),
         "recipe": config.recipe(),
         "task": config.task.to_dict(),
         "history": result.history,
