@@ -281,6 +281,11 @@ def accuracy_curves_figure(phase: pd.DataFrame, cells: pd.DataFrame, title: str 
 MAP_AXES = ("lr", "weight_decay")  # a sweep over both gets the paper's appendix map: x lr, y weight decay
 
 
+def is_lr_wd_map(meta: dict[str, Any]) -> bool:
+    """A sweep over more than one value of both MAP_AXES."""
+    return all(len(meta["spec"]["grid"].get(axis, ())) > 1 for axis in MAP_AXES)
+
+
 def map_table(cells: pd.DataFrame, rows: list[dict[str, Any]]) -> pd.DataFrame:
     """One row per (gamma, n_layers, weight_decay, lr) of a sweep over both MAP_AXES: the
     seeds' mean accuracies, the label of the means, the seeds' labels and routes (from
@@ -304,6 +309,24 @@ def _map_hover(r: pd.Series | None, lr: str, wd: str) -> str:
     return (f"lr {lr}, wd {wd}: {r['seed_labels']} ({r['n_done']:.0f} of {r['n_cells']:.0f} seeds done)<br>"
             f"(4,3) x-10 {r['inferential_test_keys']:.2f}, x-6 {r['symmetric_test_keys']:.2f}, seen {r['seen_test_keys']:.2f}<br>"
             f"routes: {r['routes'] or 'not recorded'}")
+
+
+def map_markdown(table: pd.DataFrame) -> str:
+    """`map_table` as README markdown: per gamma and depth, weight decay (rows) by lr
+    (columns), each place the seeds' labels and the mean (4,3) accuracies x-10 / x-6."""
+    lrs, wds = sorted(table["lr"].unique()), sorted(table["weight_decay"].unique())
+    at = table.set_index(["gamma", "n_layers", "weight_decay", "lr"])
+    out = []
+    for gamma, depth in table[["gamma", "n_layers"]].drop_duplicates().sort_values(["n_layers", "gamma"]).values.tolist():
+        out += [f"gamma {gamma:g}, {int(depth)} layers: seeds' labels, (4,3) x-10 / x-6 (means)", "",
+                "| weight decay \\ lr | " + " | ".join(f"{lr:g}" for lr in lrs) + " |", "|" + "---|" * (len(lrs) + 1)]
+        for wd in wds:
+            places = [at.loc[(gamma, depth, wd, lr)] if (gamma, depth, wd, lr) in at.index else None for lr in lrs]
+            out.append(f"| {wd:g} | " + " | ".join(
+                "not in the grid" if r is None else "pending" if not r["n_done"] else
+                f"{r['seed_labels']}: {r['inferential_test_keys']:.2f} / {r['symmetric_test_keys']:.2f}" for r in places) + " |")
+        out.append("")
+    return "\n".join(out)
 
 
 def lr_wd_map_figure(table: pd.DataFrame, title: str = "Learning rate x weight decay") -> go.Figure:
@@ -389,7 +412,7 @@ def sweep_sections(db_path: str | os.PathLike) -> list[tuple[str, go.Figure]]:
     sections = [("Sweep", status_figure(meta, rows, cells))]
     if not rows:
         return sections
-    if all(len(meta["spec"]["grid"].get(axis, ())) > 1 for axis in MAP_AXES):
+    if is_lr_wd_map(meta):
         sections.append(("Learning rate x weight decay", lr_wd_map_figure(map_table(cells, rows))))
     phase = phase_table(cells, facets, progress_table(meta, rows))
     cell_groups = dict(facet_groups(cells, facets))
@@ -468,4 +491,6 @@ def phase_markdown(db_path: str | os.PathLike, clean_share: float = 0.8) -> str:
         lines.append(f"- Mechanism over the {max(judged, scored)} clean runs (label's (4,3) accuracy >= {CLEAN}): the route rule names the "
                      f"behavioural label in {agree} of {judged}" + (f" ({agree / judged:.0%})" if judged else "")
                      + f"; the composition test agrees in {composed} of {scored}.")
+    if is_lr_wd_map(meta):
+        lines += ["", map_markdown(map_table(cells, rows))]
     return "\n".join(lines)

@@ -627,7 +627,7 @@ def test_the_readme_phase_table_is_printed_from_the_shipped_database():
 def test_a_sweep_over_lr_and_weight_decay_gets_the_appendix_map(tmp_path):
     """lr x weight decay at two gammas: each place's label of its seed means, the two (4,3)
     accuracies, pending places marked; one seed of one place not run yet."""
-    from interp.sweep_report import lr_wd_map_figure, map_table
+    from interp.sweep_report import lr_wd_map_figure, map_table, phase_markdown
 
     db = tmp_path / "lr_wd.db"
     spec = SweepSpec.parse(["seed=0,1", "gamma=0.3,0.8", "weight_decay=0.3,1.5", "lr=3e-4,1e-3"], ["d_model=64", "d_head=32"])
@@ -656,3 +656,8 @@ def test_a_sweep_over_lr_and_weight_decay_gets_the_appendix_map(tmp_path):
     assert "(1 of 2 seeds done)" in solution_03.customdata[1][1] and "pending (2 cells)" in solution_08.customdata[0][0]
     assert symmetric_03.z[1][0] == pytest.approx(0.7) and np.isnan(inferential_08.z[0][0])
     assert figure.layout.width <= 1200
+
+    markdown = phase_markdown(db).split("gamma 0.3, 2 layers:", 1)[1]  # the map follows the per-setting table
+    assert "| weight decay \\ lr | 0.0003 | 0.001 |" in markdown
+    assert "| 1.5 | symmetric 2: 0.00 / 0.70 | symmetric 1: 0.00 / 0.60 |" in markdown  # rows: wd; columns: lr
+    assert "| 0.3 | pending | inferential 2: 0.90 / 0.05 |" in markdown.split("gamma 0.8, 2 layers:", 1)[1]
