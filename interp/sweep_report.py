@@ -326,7 +326,7 @@ def map_markdown(table: pd.DataFrame) -> str:
                 "not in the grid" if r is None else "pending" if not r["n_done"] else
                 f"{r['seed_labels']}: {r['inferential_test_keys']:.2f} / {r['symmetric_test_keys']:.2f}" for r in places) + " |")
         out.append("")
-    return "\n".join(out)
+    return "\n".join(out).rstrip()
 
 
 def lr_wd_map_figure(table: pd.DataFrame, title: str = "Learning rate x weight decay") -> go.Figure:
