@@ -259,9 +259,9 @@ def _add_seeds(sub: argparse._SubParsersAction) -> None:
                                    "of clean runs (>= 0.95 on (4,3) test keys), with exact binomial 95%% intervals, and "
                                    "accuracy by key position. Seed ranges are declared in models/sweeps/seeds.toml.")
     p.add_argument("--db", required=True, help="sweep database to write (continued if it exists)")
-    p.add_argument("--gamma", default="0.8,0.3", help="comma-separated gammas (default %(default)s)")
-    p.add_argument("--seeds", default="validation", help="a declared range (tuning, validation, spot_check), "
-                   "FIRST-LAST, or a comma list (default %(default)s)")
+    p.add_argument("--gamma", help="comma-separated gammas (default 0.8,0.3; with --summary: only these gammas' runs)")
+    p.add_argument("--seeds", help="a declared range (tuning, validation, spot_check), FIRST-LAST, or a comma list "
+                   "(default validation; with --summary: only these seeds' runs)")
     p.add_argument("--layers", dest="n_layers", type=int, default=None, help="transformer blocks (default: the recipe's)")
     p.add_argument("--set", dest="fixed", action="append", default=[], metavar="NAME=VALUE",
                    help="a recipe setting for every run, e.g. --set lr=5e-4 (repeatable)")
@@ -308,6 +308,7 @@ def _run_seeds(args: argparse.Namespace) -> int:
             raise ValueError(f"--expect takes GAMMA=inferential or GAMMA=symmetric, got {item!r}")
         expect[float(gamma)] = solution
     if not args.summary:
+        args.gamma, args.seeds = args.gamma or "0.8,0.3", args.seeds or "validation"
         grid = [f"seed={','.join(map(str, seed_list(args.seeds)))}", f"gamma={args.gamma}"]
         fixed = list(args.fixed) + ([f"n_layers={args.n_layers}"] if args.n_layers else [])
         command = shlex.join(["anchor-interp", "seeds", "--db", args.db, "--gamma", args.gamma, "--seeds", args.seeds,
@@ -319,6 +320,10 @@ def _run_seeds(args: argparse.Namespace) -> int:
             print(f"  run {cell_id} failed: {error}", file=sys.stderr)
         failed = summary.failed
     _, rows = results(args.db)
+    if args.summary and args.seeds:  # a subset, e.g. the seeds another database shares
+        rows = [r for r in rows if r["seed"] in set(seed_list(args.seeds))]
+    if args.summary and args.gamma:
+        rows = [r for r in rows if r["gamma"] in {float(g) for g in args.gamma.split(",")}]
     groups = seed_groups(rows, expect)
     print(format_groups(groups))
     if args.check:

@@ -70,6 +70,10 @@ def test_seeds_command_runs_resumes_and_reproduces_its_rows(tmp_path, capsys):
     assert cli.main([*args, "--db", str(second)]) == 0
     assert cli.main(["seeds", "--db", str(second), "--summary", "--markdown"]) == 0
     assert "| gamma 0.8 |" in capsys.readouterr().out
+    # A summary of a subset: the seeds and gammas another database shares.
+    assert cli.main(["seeds", "--db", str(second), "--summary", "--seeds", "1", "--gamma", "0.3", "--json"]) == 0
+    stats = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert [(s["setting"], s["runs"], s["seeds"]) for s in stats] == [({"gamma": 0.3}, 1, [1])]
 
 
 def test_a_card_takes_the_validation_of_its_own_recipe_only():
