@@ -321,9 +321,11 @@ def _run_seeds(args: argparse.Namespace) -> int:
         failed = summary.failed
     _, rows = results(args.db)
     if args.summary and args.seeds:  # a subset, e.g. the seeds another database shares
-        rows = [r for r in rows if r["seed"] in set(seed_list(args.seeds))]
+        chosen = set(seed_list(args.seeds))  # read the protocol file once, not per row
+        rows = [r for r in rows if r["seed"] in chosen]
     if args.summary and args.gamma:
-        rows = [r for r in rows if r["gamma"] in {float(g) for g in args.gamma.split(",")}]
+        gammas = {float(g) for g in args.gamma.split(",")}
+        rows = [r for r in rows if r["gamma"] in gammas]
     groups = seed_groups(rows, expect)
     print(format_groups(groups))
     if args.check:

@@ -311,20 +311,28 @@ def _map_hover(r: pd.Series | None, lr: str, wd: str) -> str:
             f"routes: {r['routes'] or 'not recorded'}")
 
 
+def _map_grid(table: pd.DataFrame) -> tuple[list[float], list[float], list[tuple[float, int, list[list[pd.Series | None]]]]]:
+    """`map_table` laid out as the map: its lrs, its weight decays, and per (gamma, depth),
+    in depth then gamma order, the place rows [weight_decay][lr] (None: not in the grid)."""
+    lrs, wds = sorted(table["lr"].unique()), sorted(table["weight_decay"].unique())
+    at = table.set_index(["gamma", "n_layers", "weight_decay", "lr"])
+    places = table[["gamma", "n_layers"]].drop_duplicates().sort_values(["n_layers", "gamma"]).values.tolist()
+    return lrs, wds, [(gamma, depth, [[at.loc[(gamma, depth, wd, lr)] if (gamma, depth, wd, lr) in at.index else None for lr in lrs]
+                                      for wd in wds]) for gamma, depth in places]
+
+
 def map_markdown(table: pd.DataFrame) -> str:
     """`map_table` as README markdown: per gamma and depth, weight decay (rows) by lr
     (columns), each place the seeds' labels and the mean (4,3) accuracies x-10 / x-6."""
-    lrs, wds = sorted(table["lr"].unique()), sorted(table["weight_decay"].unique())
-    at = table.set_index(["gamma", "n_layers", "weight_decay", "lr"])
+    lrs, wds, places = _map_grid(table)
     out = []
-    for gamma, depth in table[["gamma", "n_layers"]].drop_duplicates().sort_values(["n_layers", "gamma"]).values.tolist():
+    for gamma, depth, grid in places:
         out += [f"gamma {gamma:g}, {int(depth)} layers: seeds' labels, (4,3) x-10 / x-6 (means)", "",
                 "| weight decay \\ lr | " + " | ".join(f"{lr:g}" for lr in lrs) + " |", "|" + "---|" * (len(lrs) + 1)]
-        for wd in wds:
-            places = [at.loc[(gamma, depth, wd, lr)] if (gamma, depth, wd, lr) in at.index else None for lr in lrs]
+        for wd, line in zip(wds, grid):
             out.append(f"| {wd:g} | " + " | ".join(
                 "not in the grid" if r is None else "pending" if not r["n_done"] else
-                f"{r['seed_labels']}: {r['inferential_test_keys']:.2f} / {r['symmetric_test_keys']:.2f}" for r in places) + " |")
+                f"{r['seed_labels']}: {r['inferential_test_keys']:.2f} / {r['symmetric_test_keys']:.2f}" for r in line) + " |")
         out.append("")
     return "\n".join(out).rstrip()
 
@@ -332,23 +340,18 @@ def map_markdown(table: pd.DataFrame) -> str:
 def lr_wd_map_figure(table: pd.DataFrame, title: str = "Learning rate x weight decay") -> go.Figure:
     """The paper's appendix map: per gamma and depth (a row each), over lr (x) and weight
     decay (y), the label of the seed means and the two (4,3) accuracies; pending places grey."""
-    places = table[["gamma", "n_layers"]].drop_duplicates().sort_values(["n_layers", "gamma"]).values.tolist()
-    lrs = [f"{v:g}" for v in sorted(table["lr"].unique())]
-    wds = [f"{v:g}" for v in sorted(table["weight_decay"].unique())]
-    names = [f"γ {g:g}, {int(d)} layers: {what}" for g, d in places for what in ("solution", "(4,3) inferential (x-10)", "(4,3) symmetric (x-6)")]
+    lr_values, wd_values, places = _map_grid(table)
+    lrs, wds = [f"{v:g}" for v in lr_values], [f"{v:g}" for v in wd_values]
+    names = [f"γ {g:g}, {int(d)} layers: {what}" for g, d, _ in places for what in ("solution", "(4,3) inferential (x-10)", "(4,3) symmetric (x-6)")]
     fig = make_subplots(len(places), 3, subplot_titles=names, horizontal_spacing=0.08, vertical_spacing=0.16)
     n = len(LABELS) + 1  # the last code: pending
     colors = [*(LABEL_COLORS[c] for c in LABELS), PENDING_COLOR]
     scale = [[edge, color] for i, color in enumerate(colors) for edge in (i / n, (i + 1) / n)]
-    for row, (gamma, depth) in enumerate(places, start=1):
-        part = table[(table["gamma"] == gamma) & (table["n_layers"] == depth)].assign(x=lambda t: [f"{v:g}" for v in t["lr"]],
-                                                                                      y=lambda t: [f"{v:g}" for v in t["weight_decay"]])
-        at = part.set_index(["y", "x"])
-
+    for row, (_, _, grid) in enumerate(places, start=1):
         def matrix(column: str) -> list[list[Any]]:  # [weight_decay, lr]
-            return [[at[column].get((y, x)) if (y, x) in at.index else None for x in lrs] for y in wds]
+            return [[None if r is None else r[column] for r in line] for line in grid]
 
-        hover = [[_map_hover(at.loc[(y, x)] if (y, x) in at.index else None, x, y) for x in lrs] for y in wds]
+        hover = [[_map_hover(r, x, y) for r, x in zip(line, lrs)] for line, y in zip(grid, wds)]
         labels = matrix("label")
         codes = [[LABELS.index(v) if isinstance(v, str) else n - 1 for v in line] for line in labels]
         text = [[SHORT_LABELS.get(v, v) if isinstance(v, str) else "pending" for v in line] for line in labels]
