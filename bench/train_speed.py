@@ -7,7 +7,10 @@
 (b) wall time to reach each shipped reference solution from scratch with its recipe (the
     zoo card's, at the card's thread count), and the solution reached;
 (c) models per hour on this machine for a sweep of the shipped recipe: a small sweep
-    (gamma 0.8 and 0.3, --sweep-seeds seeds each, one worker per core, one thread each).
+    (the zoo's recipe at both zoo gammas, --sweep-seeds seeds each, one worker per core,
+    one thread each).
+
+The shipped recipe is the zoo cards' (`models/zoo/*/card.json`): (a) measures its shape.
 
     python bench/train_speed.py [--rounds 5] [--steps 40] [--sweep-seeds 2] [--skip-solutions]
 
@@ -17,6 +20,7 @@ Writes bench/results/train_speed.json.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -35,6 +39,7 @@ from probes.solution import card_metrics
 from models.train import TrainConfig, batches, fused_logits, fused_parameters, make_optimizer, train_step
 
 RESULTS = Path(__file__).parent / "results" / "train_speed.json"
+ZOO = ("inferential", "symmetric")
 
 
 class PlainBlock(nn.Module):
@@ -132,12 +137,22 @@ def time_to_solution(name: str) -> dict:
     }
 
 
+def shipped_recipe() -> tuple[TrainConfig, list[float]]:
+    """The zoo's recipe (its cards differ only in gamma) and the zoo's gammas."""
+    cards = [models.card(name) for name in ZOO]
+    return TrainConfig.from_recipe(cards[0]["recipe"], cards[0]["seed"]), [card["gamma"] for card in cards]
+
+
 def models_per_hour(n_seeds: int) -> dict:
     from interp.sweep import available_cores, run_sweep
     from models.sweep import SweepSpec
 
     cores = available_cores()
-    spec = SweepSpec.parse([f"seed={','.join(str(9000 + i) for i in range(n_seeds))}", "gamma=0.8,0.3"])
+    config, gammas = shipped_recipe()
+    defaults = TrainConfig()
+    fixed = {f.name: getattr(config, f.name) for f in dataclasses.fields(TrainConfig)  # the recipe's departures from the defaults
+             if f.name not in ("seed", "gamma", "arch", "task") and getattr(config, f.name) != getattr(defaults, f.name)}
+    spec = SweepSpec.build({"seed": [9000 + i for i in range(n_seeds)], "gamma": gammas}, {**fixed, **config.arch})
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
         summary = run_sweep(spec, Path(tmp) / "bench.db", workers=cores, threads=1)
@@ -156,7 +171,7 @@ def main() -> None:
 
     result = {
         "machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "processor": platform.processor(), "torch": torch.__version__},
-        "speed": steps_per_second(TrainConfig(), args.rounds, args.steps),
+        "speed": steps_per_second(shipped_recipe()[0], args.rounds, args.steps),
     }
     speed = result["speed"]
     rate = speed["steps_per_second"]
@@ -166,7 +181,7 @@ def main() -> None:
           f"(fp32 path {speed['ratio_fp32_over_plain']:.2f}x; bf16 over fp32 {speed['ratio_bf16_over_fp32']:.2f}x)")
     if not args.skip_solutions:
         result["time_to_solution"] = {}
-        for name in ("inferential", "symmetric"):
+        for name in ZOO:
             row = time_to_solution(name)
             result["time_to_solution"][name] = row
             print(f"{name:12s} {row['wall_seconds']:.0f} s wall ({row['torch_threads']} thread(s)), {row['steps']} steps -> {row['label']} "

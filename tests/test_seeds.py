@@ -3,11 +3,13 @@ and the `seeds` command end to end (a tiny recipe, run twice: the second run rep
 first run's database rows)."""
 
 import json
+import re
+from pathlib import Path
 
 import pytest
 
 from interp import cli
-from interp.seeds import CLEAN, interval, reproduced, seed_groups, seed_list
+from interp.seeds import CLEAN, interval, markdown_table, reproduced, seed_groups, seed_list
 from models.sweep import results
 
 TINY = ["--set", "max_steps=12", "--set", "warmup_steps=2", "--set", "eval_every=6", "--set", "early_stop=False",
@@ -102,3 +104,25 @@ def test_two_ways_of_running_the_same_seeds_compare_label_by_label():
     many = [_row(s, 0.8, "inferential", 1.0, 0.0) for s in range(20)]
     (c,) = compare_runs(many, [_row(s, 0.8, "symmetric", 0.0, 1.0) for s in range(20)], {0.8: "inferential"})
     assert c["same_label"] == 0 and c["fisher_p"] < 1e-9
+
+
+README_SEED_ROW = re.compile(r"^\| (?P<db>[\w/]+\.db)(?: \([^|]*\))? \| gamma (?P<gamma>[\d.]+) \| (?P<columns>.*)$")
+
+
+def test_every_seed_table_row_in_the_readme_is_printed_from_its_database():
+    """Each README row `| DB | gamma G | runs | labels | solution | clean | positions |` is
+    what `anchor-interp seeds --db DB --summary --markdown` prints for that gamma, over all of
+    the database's seeds or over the tuning seeds 100-107 the CPU screens share (the GPU
+    databases hold 100-115): no seed statistic in the README is typed by hand."""
+    sweeps = Path(__file__).parents[1] / "models" / "sweeps"
+    readme_rows = [m for line in (sweeps.parents[1] / "README.md").read_text().splitlines() if (m := README_SEED_ROW.match(line))]
+    assert len(readme_rows) >= 20
+    for m in readme_rows:
+        _, rows = results(sweeps / m["db"])
+        gamma, solution = float(m["gamma"]), m["columns"].split(" | ")[2].split()[0]
+        printed = set()
+        for seeds in (None, set(range(100, 108))):
+            chosen = [r for r in rows if r["gamma"] == gamma and (seeds is None or r["seed"] in seeds)]
+            for line in markdown_table(seed_groups(chosen, {gamma: solution}), "x").splitlines()[2:]:
+                printed.add(line.split(" | ", 2)[2])
+        assert m["columns"] in printed, f"README row for {m['db']} gamma {gamma} is not what its database prints"
