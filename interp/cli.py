@@ -275,6 +275,8 @@ def _add_seeds(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--summary", action="store_true", help="only print the statistics of --db, train nothing")
     p.add_argument("--cards", nargs="+", metavar="MODEL", help="write each model card's validation distribution (its "
                    "gamma's runs in --db, which must use the card's recipe) into the card")
+    p.add_argument("--histories", action="store_true", help="also print, from the kept checkpoints' training histories, when "
+                   "each group's runs fit the seen pairs, how many reached their solution, and which lost it later")
     p.add_argument("--json", action="store_true", help="also print the statistics as one JSON line (last line)")
     p.add_argument("--markdown", action="store_true", help="also print them as a README table")
     p.add_argument("--workers", type=int, help="runs at once (default: one per core)")
@@ -296,7 +298,8 @@ def _run_seeds(args: argparse.Namespace) -> int:
     import shlex
 
     import models
-    from interp.seeds import card_validation, compare_runs, format_groups, markdown_table, reproduced, seed_groups, seed_list
+    from interp.seeds import (card_validation, compare_runs, format_groups, format_histories, markdown_table, reproduced, seed_groups,
+                              seed_list, solution_histories)
     from interp.sweep import run_sweep
     from models.files import write_text_atomic
     from models.sweep import SweepSpec, results
@@ -328,6 +331,8 @@ def _run_seeds(args: argparse.Namespace) -> int:
         rows = [r for r in rows if r["gamma"] in gammas]
     groups = seed_groups(rows, expect)
     print(format_groups(groups))
+    for group in groups if args.histories else []:
+        print(f"== {', '.join(f'{k} {v}' for k, v in group.setting.items())}\n" + format_histories(group, solution_histories(args.db, group, rows)))
     if args.check:
         same, total, differ = reproduced(rows, results(args.check)[1])
         print(f"reproduced {same} of {total} runs also in {args.check}" + (f"; differ: {differ}" if differ else ""))

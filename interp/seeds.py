@@ -191,6 +191,44 @@ def card_validation(card: dict[str, Any], groups: list[SeedGroup], rows: list[di
                                                        "clean_runs", "clean_ci", "position_mean", "seeds", "accuracy")}, "clean_threshold": CLEAN}
 
 
+REACHED = 0.9  # a run reached its solution once an evaluation shows it at this accuracy (the issue's spot-check bar)
+
+
+def solution_histories(db: str | Path, group: SeedGroup, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The training course of the group's solution in each finished run whose checkpoint was
+    kept (`--keep-checkpoints`: <db>.checkpoints/cell-<id>/card.json holds the live
+    evaluations): the step the seen pairs were fit (test keys >= 0.99), the peak (4,3)
+    accuracy of the solution and its step, and the final (classified) accuracy. A run that
+    reached the solution and ended below REACHED lost it while training went on."""
+    folder = Path(db).with_suffix(".checkpoints")
+    out = []
+    for row in rows:
+        card = folder / f"cell-{row['id']}" / "card.json"
+        if row["status"] != "done" or row["seed"] not in group.seeds or {k: row["params"][k] for k in group.setting} != group.setting or not card.is_file():
+            continue
+        history = json.loads(card.read_text())["history"]
+        peak = max(history, key=lambda h: h[group.solution])
+        fit = next((h["step"] for h in history if h["seen_test"] >= 0.99), None)
+        final = row["metrics"][f"{group.solution}_test_keys"]
+        out.append({"seed": row["seed"], "fit_step": fit, "peak": peak[group.solution], "peak_step": peak["step"],
+                    "final": final, "steps": row["steps"], "lost": peak[group.solution] >= REACHED > final})
+    return sorted(out, key=lambda h: h["seed"])
+
+
+def format_histories(group: SeedGroup, histories: list[dict[str, Any]]) -> str:
+    """One line for the group, then one per run that lost its solution."""
+    if not histories:
+        return "   history           no kept checkpoints (run with --keep-checkpoints)"
+    fits = sorted(h["fit_step"] for h in histories if h["fit_step"] is not None)
+    reached = sum(h["peak"] >= REACHED for h in histories)
+    lost = [h for h in histories if h["lost"]]
+    lines = [f"   history           {len(histories)} runs: seen pairs fit at step {fits[0]}-{fits[-1]} (median {fits[len(fits) // 2]}); "
+             f"{group.solution} >= {REACHED} at some evaluation in {reached}, lost later in {len(lost)}" if fits else
+             f"   history           {len(histories)} runs: seen pairs never fit"]
+    lines += [f"                     seed {h['seed']}: {h['peak']:.3f} at step {h['peak_step']} -> {h['final']:.3f} at {h['steps']}" for h in lost]
+    return "\n".join(lines)
+
+
 def compare_runs(rows: list[dict[str, Any]], other: list[dict[str, Any]], expect: dict[float, str] | None = None) -> list[dict[str, Any]]:
     """Two seed databases of one grid run two ways (say bf16 and fp32): per setting, on the
     seeds finished in both, how many runs gave the same label, each side's count of the

@@ -70,8 +70,9 @@ def test_seeds_command_runs_resumes_and_reproduces_its_rows(tmp_path, capsys):
     assert (same, total, differ) == (4, 4, [])
     # Rerun: nothing left to train; a summary reads the database alone.
     assert cli.main([*args, "--db", str(second)]) == 0
-    assert cli.main(["seeds", "--db", str(second), "--summary", "--markdown"]) == 0
-    assert "| gamma 0.8 |" in capsys.readouterr().out
+    assert cli.main(["seeds", "--db", str(second), "--summary", "--markdown", "--histories"]) == 0
+    out = capsys.readouterr().out
+    assert "| gamma 0.8 |" in out and "no kept checkpoints (run with --keep-checkpoints)" in out
     # A summary of a subset: the seeds and gammas another database shares.
     assert cli.main(["seeds", "--db", str(second), "--summary", "--seeds", "1", "--gamma", "0.3", "--json"]) == 0
     stats = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
@@ -126,3 +127,30 @@ def test_every_seed_table_row_in_the_readme_is_printed_from_its_database():
             for line in markdown_table(seed_groups(chosen, {gamma: solution}), "x").splitlines()[2:]:
                 printed.add(line.split(" | ", 2)[2])
         assert m["columns"] in printed, f"README row for {m['db']} gamma {gamma} is not what its database prints"
+
+
+def test_histories_find_the_runs_that_reached_their_solution_and_lost_it(tmp_path):
+    from interp.seeds import format_histories, solution_histories
+
+    def evaluation(step, seen, symmetric):
+        return {"step": step, "seen_test": seen, "inferential": 1 - symmetric, "symmetric": symmetric}
+
+    courses = {  # seed -> the live evaluations its checkpoint's card holds
+        1: [evaluation(100, 0.5, 0.2), evaluation(200, 1.0, 0.95), evaluation(300, 1.0, 1.0)],
+        2: [evaluation(100, 0.5, 0.2), evaluation(200, 1.0, 0.97), evaluation(300, 1.0, 0.4)],  # a lookup lost to composition
+        3: [evaluation(100, 0.9, 0.0)],  # no kept checkpoint: left out
+    }
+    rows = [_row(1, 0.3, "symmetric", 0.0, 1.0), _row(2, 0.3, "inferential", 0.6, 0.4), _row(3, 0.3, "inferential", 1.0, 0.0)]
+    for cell_id, row in enumerate(rows):
+        row |= {"id": cell_id, "steps": 300}
+        if row["seed"] != 3:
+            card = tmp_path / "v.checkpoints" / f"cell-{cell_id}" / "card.json"
+            card.parent.mkdir(parents=True)
+            card.write_text(json.dumps({"history": courses[row["seed"]]}))
+    (group,) = seed_groups(rows, {0.3: "symmetric"})
+    histories = solution_histories(tmp_path / "v.db", group, rows)
+    assert [(h["seed"], h["fit_step"], h["peak"], h["peak_step"], h["lost"]) for h in histories] == [(1, 200, 1.0, 300, False), (2, 200, 0.97, 200, True)]
+    text = format_histories(group, histories)
+    assert "2 runs: seen pairs fit at step 200-200" in text and "symmetric >= 0.9 at some evaluation in 2, lost later in 1" in text
+    assert "seed 2: 0.970 at step 200 -> 0.400 at 300" in text
+    assert "no kept checkpoints" in format_histories(group, [])
