@@ -97,3 +97,15 @@ def test_each_card_reports_the_validation_of_its_command(name):
 def test_shipped_model_gives_the_transformer_lens_3_9_logits(name):
     """On either TransformerLens line, the logits TransformerLens 3.9 gave (tests/reference_logits.py)."""
     assert reference_logits.max_differences([name])[name] <= 1e-4
+
+
+@pytest.mark.parametrize("name", sorted(TARGETS))
+def test_a_zoo_model_on_a_validation_seed_is_that_validation_run(name):
+    """The zoo's seed is a validation seed (README "Which seed, and why"): training is
+    deterministic, so the card's run is the database's run of that seed, step for step."""
+    card = models.card(name)
+    _, rows = results(validation_db())
+    (row,) = [r for r in rows if r["seed"] == card["seed"] and r["gamma"] == card["gamma"]]
+    assert row["steps"] == card["steps"] and row["threads"] == card["threads"]
+    for key in ("seen_test_keys", "inferential_test_keys", "symmetric_test_keys", "inferential_by_position"):
+        assert row["metrics"][key] == pytest.approx(card["metrics"][key]), key
