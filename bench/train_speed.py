@@ -20,7 +20,6 @@ Writes bench/results/train_speed.json.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import platform
@@ -149,10 +148,7 @@ def models_per_hour(n_seeds: int) -> dict:
 
     cores = available_cores()
     config, gammas = shipped_recipe()
-    defaults = TrainConfig()
-    fixed = {f.name: getattr(config, f.name) for f in dataclasses.fields(TrainConfig)  # the recipe's departures from the defaults
-             if f.name not in ("seed", "gamma", "arch", "task") and getattr(config, f.name) != getattr(defaults, f.name)}
-    spec = SweepSpec.build({"seed": [9000 + i for i in range(n_seeds)], "gamma": gammas}, {**fixed, **config.arch})
+    spec = SweepSpec.build({"seed": [9000 + i for i in range(n_seeds)], "gamma": gammas}, {**config.departures(), **config.arch})
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
         summary = run_sweep(spec, Path(tmp) / "bench.db", workers=cores, threads=1)

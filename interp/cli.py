@@ -332,7 +332,7 @@ def _run_seeds(args: argparse.Namespace) -> int:
     groups = seed_groups(rows, expect)
     print(format_groups(groups))
     for group in groups if args.histories else []:
-        print(f"== {', '.join(f'{k} {v}' for k, v in group.setting.items())}\n" + format_histories(group, solution_histories(args.db, group, rows)))
+        print(format_histories(group, solution_histories(args.db, group, rows)))
     if args.check:
         same, total, differ = reproduced(rows, results(args.check)[1])
         print(f"reproduced {same} of {total} runs also in {args.check}" + (f"; differ: {differ}" if differ else ""))

@@ -18,7 +18,8 @@ from typing import Any
 
 from scipy.stats import binomtest, fisher_exact
 
-from models.sweep import config_json
+from models.sweep import checkpoint_folder, config_json
+from models.train import SEEN_FIT
 
 PROTOCOL = Path(__file__).resolve().parent.parent / "models" / "sweeps" / "seeds.toml"
 
@@ -70,6 +71,10 @@ class SeedGroup:
     labels: dict[str, int]  # label -> runs
     accuracy: list[float]  # per run, the solution's (4,3) test-key accuracy, in seed order
     by_position: list[list[float]]  # per run, the solution's accuracy at key position 0..6
+
+    @property
+    def name(self) -> str:
+        return ", ".join(f"{k} {v}" for k, v in self.setting.items()) or "all runs"
 
     @property
     def n(self) -> int:
@@ -143,12 +148,11 @@ def format_groups(groups: list[SeedGroup]) -> str:
     """The table the `seeds` command prints."""
     lines = []
     for g in groups:
-        name = ", ".join(f"{k} {v}" for k, v in g.setting.items()) or "all runs"
         lo, hi = interval(g.k_solution, g.n)
         clo, chi = interval(g.k_clean, g.n)
         counts = ", ".join(f"{label} {k}" for label, k in g.labels.items()) or "none"
         lines += [
-            f"== {name}: {g.n} runs" + (f" ({g.pending} not finished)" if g.pending else ""),
+            f"== {g.name}: {g.n} runs" + (f" ({g.pending} not finished)" if g.pending else ""),
             f"   labels            {counts}",
             f"   {g.solution:<17s} {g.k_solution}/{g.n}  (95% CI {lo:.2f}-{hi:.2f})",
             f"   clean (>= {CLEAN})    {g.k_clean}/{g.n}  (95% CI {clo:.2f}-{chi:.2f})",
@@ -197,10 +201,10 @@ REACHED = 0.9  # a run reached its solution once an evaluation shows it at this 
 def solution_histories(db: str | Path, group: SeedGroup, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The training course of the group's solution in each finished run whose checkpoint was
     kept (`--keep-checkpoints`: <db>.checkpoints/cell-<id>/card.json holds the live
-    evaluations): the step the seen pairs were fit (test keys >= 0.99), the peak (4,3)
+    evaluations): the step the seen pairs were fit (test keys >= SEEN_FIT), the peak (4,3)
     accuracy of the solution and its step, and the final (classified) accuracy. A run that
     reached the solution and ended below REACHED lost it while training went on."""
-    folder = Path(db).with_suffix(".checkpoints")
+    folder = checkpoint_folder(db)
     out = []
     for row in rows:
         card = folder / f"cell-{row['id']}" / "card.json"
@@ -208,7 +212,7 @@ def solution_histories(db: str | Path, group: SeedGroup, rows: list[dict[str, An
             continue
         history = json.loads(card.read_text())["history"]
         peak = max(history, key=lambda h: h[group.solution])
-        fit = next((h["step"] for h in history if h["seen_test"] >= 0.99), None)
+        fit = next((h["step"] for h in history if h["seen_test"] >= SEEN_FIT), None)
         final = row["metrics"][f"{group.solution}_test_keys"]
         out.append({"seed": row["seed"], "fit_step": fit, "peak": peak[group.solution], "peak_step": peak["step"],
                     "final": final, "steps": row["steps"], "lost": peak[group.solution] >= REACHED > final})
@@ -216,15 +220,15 @@ def solution_histories(db: str | Path, group: SeedGroup, rows: list[dict[str, An
 
 
 def format_histories(group: SeedGroup, histories: list[dict[str, Any]]) -> str:
-    """One line for the group, then one per run that lost its solution."""
+    """The group's name, a line for its runs, then one per run that lost its solution."""
     if not histories:
-        return "   history           no kept checkpoints (run with --keep-checkpoints)"
+        return f"== {group.name}\n   history           no kept checkpoints (run with --keep-checkpoints)"
     fits = sorted(h["fit_step"] for h in histories if h["fit_step"] is not None)
     reached = sum(h["peak"] >= REACHED for h in histories)
     lost = [h for h in histories if h["lost"]]
-    lines = [f"   history           {len(histories)} runs: seen pairs fit at step {fits[0]}-{fits[-1]} (median {fits[len(fits) // 2]}); "
-             f"{group.solution} >= {REACHED} at some evaluation in {reached}, lost later in {len(lost)}" if fits else
-             f"   history           {len(histories)} runs: seen pairs never fit"]
+    fitted = f"seen pairs fit at step {fits[0]}-{fits[-1]} (median {fits[len(fits) // 2]})" if fits else "seen pairs never fit"
+    lines = [f"== {group.name}",
+             f"   history           {len(histories)} runs: {fitted}; {group.solution} >= {REACHED} at some evaluation in {reached}, lost later in {len(lost)}"]
     lines += [f"                     seed {h['seed']}: {h['peak']:.3f} at step {h['peak_step']} -> {h['final']:.3f} at {h['steps']}" for h in lost]
     return "\n".join(lines)
 

@@ -37,7 +37,7 @@ from tqdm.auto import tqdm
 from interp.complexity import spectra, wq_condensation
 from interp.flow import flow_prompts, trace_flows
 from models.hooked import Model, save
-from models.sweep import Cell, SweepSpec, SweepStore, open_sweep, process_alive
+from models.sweep import Cell, SweepSpec, SweepStore, checkpoint_folder, open_sweep, process_alive
 from models.task import AnchorTask
 from models.train import TrainConfig, TrainResult, _version, make_card, train, train_command
 from probes.composition import composition_test
@@ -403,7 +403,7 @@ def run_sweep(
         counts = store.counts()
         summary = SweepSummary(store.path, len(cells), counts["done"], 0 if retry_failed else counts["failed"], 0, 0.0, {})
         if todo:
-            ckpt_dir = store.path.with_name(store.path.stem + ".checkpoints") if keep_checkpoints else None
+            ckpt_dir = checkpoint_folder(store.path) if keep_checkpoints else None
             pool = make_executor(executor, len(todo), workers, threads, address, device, stack_size)
             try:
                 _schedule(store, pool, cells, todo, cell_fn, ckpt_dir, summary, progress)

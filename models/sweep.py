@@ -473,6 +473,13 @@ def spec_difference(old: dict[str, Any], new: dict[str, Any]) -> str:
     return "; ".join(diffs)
 
 
+def checkpoint_folder(db_path: str | os.PathLike) -> Path:
+    """Where a sweep keeps its runs' checkpoints (`--keep-checkpoints`): <db>.checkpoints/,
+    one cell-<id> folder a run."""
+    db_path = Path(db_path)
+    return db_path.with_name(db_path.stem + ".checkpoints")
+
+
 def results(db_path: str | os.PathLike) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """(meta, rows) of a sweep database, for figures and analysis."""
     store = SweepStore(db_path)

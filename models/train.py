@@ -94,6 +94,13 @@ class TrainConfig:
         d["task"] = self.task.to_dict()
         return d
 
+    def departures(self) -> dict[str, Any]:
+        """The training settings that differ from the defaults (seed, gamma, arch and task
+        aside), in field order: what a command line or a sweep's fixed table must give."""
+        defaults = TrainConfig()
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(TrainConfig)
+                if f.name not in ("seed", "gamma", "arch", "task") and getattr(self, f.name) != getattr(defaults, f.name)}
+
     @classmethod
     def from_recipe(cls, recipe: dict[str, Any], seed: int) -> "TrainConfig":
         r = dict(recipe)
@@ -140,6 +147,7 @@ def uses_fused_forward(cfg: Any) -> bool:
 
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
+SEEN_FIT = 0.99  # the seen pairs (test keys) are fit at this accuracy: early stop waits for it
 
 
 def fused_parameters(model: hooked.Model) -> dict[str, Tensor]:
@@ -372,7 +380,7 @@ def settled(history: list[dict[str, float]], config: TrainConfig) -> bool:
     if len(history) < config.patience + 1:
         return False
     recent = history[-(config.patience + 1):]
-    if min(r["seen_test"] for r in recent) < 0.99:
+    if min(r["seen_test"] for r in recent) < SEEN_FIT:
         return False
     return all(max(r[k] for r in recent) - min(r[k] for r in recent) < config.settle_tol for k in ("inferential", "symmetric"))
 
@@ -382,16 +390,14 @@ def train_command(config: TrainConfig, out: str | Path, threads: int | None = No
     `--threads` when given: the float summation order, hence the exact run, depends on it."""
     defaults = TrainConfig()
     args = ["anchor-interp", "train", "--gamma", str(config.gamma), "--layers", str(config.n_layers)]
-    for f in dataclasses.fields(TrainConfig):
-        if f.name in ("gamma", "n_layers", "seed", "arch", "task", "betas"):
+    for name, value in config.departures().items():
+        if name in ("n_layers", "betas"):  # --layers above; betas has no flag (refused below)
             continue
-        value = getattr(config, f.name)
-        if value != getattr(defaults, f.name):
-            flag = "--" + f.name.replace("_", "-")
-            if isinstance(value, bool):
-                args.append(flag if value else "--no-" + f.name.replace("_", "-"))
-            else:
-                args += [flag, str(value)]
+        flag = "--" + name.replace("_", "-")
+        if isinstance(value, bool):
+            args.append(flag if value else "--no-" + name.replace("_", "-"))
+        else:
+            args += [flag, str(value)]
     for key, value in sorted(config.arch.items()):
         args += ["--arch", f"{key}={value}"]
     if config.task != defaults.task or config.betas != defaults.betas:
