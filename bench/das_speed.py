@@ -16,13 +16,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import time
 from pathlib import Path
 
 os.environ.setdefault("TQDM_DISABLE", "1")
 
 import torch
+
+from machine_info import describe
 
 import models
 from models.files import write_text_atomic
@@ -31,7 +32,7 @@ from probes.das import das
 from probes.paths import path_patching
 
 RESULTS = Path(__file__).parent / "results" / "das_speed.json"
-LOAD_BEFORE = os.getloadavg()[0]  # other processes on the machine: read the timings with it
+MACHINE_BEFORE = describe()  # its load average: other processes on the machine; read the timings with it
 ONE_SITE = "attn_out:0@anchor2"
 
 
@@ -65,8 +66,7 @@ def main() -> None:
                                    for i, v in enumerate(grid.variables)}}
             print(f"{name}: full DAS grid ({len(grid.sites)} sites x {len(grid.dims)} dims x {len(grid.variables)} variables): {seconds:.0f} s; {grid.summary()}", flush=True)
         out["models"][name] = row
-        out["machine"] = {"cpus": os.cpu_count(), "load_average_1min_before": LOAD_BEFORE, "load_average_1min_after": os.getloadavg()[0],
-                          "torch": torch.__version__, "python": platform.python_version()}
+        out["machine"] = {**MACHINE_BEFORE, "load_average_1min_after": os.getloadavg()[0]}
         out["created"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         write_text_atomic(RESULTS, json.dumps(out, indent=2))  # after each model: a long run keeps what it measured
     print(f"written {RESULTS}")

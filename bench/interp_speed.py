@@ -19,13 +19,14 @@ import argparse
 import dataclasses
 import json
 import os
-import platform
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
 import torch
+
+from machine_info import describe
 
 from interp import report
 from interp.flow import flow_prompts, trace_flow, trace_flows
@@ -104,8 +105,7 @@ def main() -> None:
 
     model, task = hooked.load(args.models[0]), hooked.task_of(args.models[0])
     results = {
-        "machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "load_average_before": os.getloadavg(),
-                    "python": platform.python_version(), "torch": torch.__version__},
+        "machine": describe(),
         "one_prompt": one_prompt(model, task, args.rounds),
         "batched": batched(model, task, args.prompts),
     }
@@ -117,7 +117,7 @@ def main() -> None:
         s = r["stages_seconds"]
         print(f"report of {', '.join(args.models)}: {r['seconds']:.1f} s (interp {s['analyses']:.1f} s, probes {s['probes']:.1f} s, "
               f"html {s['html']:.1f} s; without probes {r['seconds_without_probes']:.1f} s; target < 60 s)")
-    results["machine"]["load_average_after"] = os.getloadavg()
+    results["machine"]["load_average_1min_after"] = os.getloadavg()[0]
     write_text_atomic(RESULTS, json.dumps(results, indent=2) + "\n")
     print(f"written to {RESULTS}")
 

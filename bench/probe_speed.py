@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import time
 from pathlib import Path
@@ -27,6 +26,8 @@ from pathlib import Path
 os.environ.setdefault("TQDM_DISABLE", "1")  # transformer_lens.patching draws a bar per sweep
 
 import torch
+
+from machine_info import describe
 from transformer_lens import patching as tl_patching
 
 import models
@@ -37,7 +38,7 @@ from probes.patching import logit_diff, make_pairs, patch_sweep
 from probes.solution import predict
 
 RESULTS = Path(__file__).parent / "results" / "probe_speed.json"
-LOAD_BEFORE = os.getloadavg()[0]  # other processes on the machine: read the timings with it
+MACHINE_BEFORE = describe()  # its load average: other processes on the machine; read the timings with it
 KINDS = ("resid_pre", "attn_out", "mlp_out", "z")
 
 
@@ -149,13 +150,7 @@ def main() -> None:
         runs.append({"threads": threads, "patching": patching, "report_sections": report, "load_average_1min_after": os.getloadavg()[0]})
     results = {
         "runs": runs,
-        "machine": {
-            "cpus": os.cpu_count(),
-            "load_average_1min_before": LOAD_BEFORE,
-            "torch": torch.__version__,
-            "python": platform.python_version(),
-            "processor": platform.processor() or platform.machine(),
-        },
+        "machine": MACHINE_BEFORE,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     write_text_atomic(RESULTS, json.dumps(results, indent=2))

@@ -25,13 +25,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
 import torch
+
+from machine_info import describe
 
 from models.files import write_text_atomic
 import models
@@ -110,7 +111,7 @@ def main() -> None:
     spec = tiny_spec(args.cells, args.steps)
     pool = dict(executor="local", workers=cores, threads=1)
     out: dict = {"cells": args.cells, "steps_per_cell": args.steps, "cores": cores, "cell": "d_model 32, 2 layers, batch 128",
-                 "load_average_before": os.getloadavg()[0], "torch": torch.__version__, "machine": platform.machine()}
+                 "machine": describe()}
     times: dict[str, list[float]] = {"sequential_1_thread": [], f"sequential_{cores}_threads": [], "local": [], "ray": []}
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)

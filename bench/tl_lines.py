@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -118,7 +117,7 @@ def main() -> None:
             print(f"round {index + 1}/{args.rounds} {line}: " + ", ".join(f"{m} {rounds[line][-1][m]:.3g}" for m in MEASURES), flush=True)
     median = {line: {m: statistics.median(r[m] for r in rs) for m in MEASURES} for line, rs in rounds.items()}
     result = {
-        "machine": {"cpus": os.cpu_count(), "torch_threads": 1, "processor": platform.processor(), "load_average": os.getloadavg()},
+        "machine": {**describe(), "torch_threads": 1},  # each line ran in its own 1-thread process
         "versions": {line: rs[0]["transformer_lens"] for line, rs in rounds.items()},
         "model_class": {line: rs[0]["model_class"] for line, rs in rounds.items()},
         "rounds": args.rounds,

@@ -21,14 +21,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
 import torch
+
+from machine_info import describe
 import torch.nn as nn
 import torch.nn.functional as F
 
@@ -166,11 +166,12 @@ def main() -> None:
     args = parser.parse_args()
 
     result = {
-        "machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "processor": platform.processor(), "torch": torch.__version__},
+        "machine": describe(),
         "speed": steps_per_second(shipped_recipe()[0], args.rounds, args.steps),
     }
     speed = result["speed"]
     rate = speed["steps_per_second"]
+    print(f"CPU: {result['machine']['cpu']} (bf16 matmuls: {result['machine']['bf16_matmul']})")
     print(f"steps/s ({torch.get_num_threads()} thread(s)): anchor-interp bf16 {rate['anchor_interp_bf16']:.1f}, "
           f"fp32 {rate['anchor_interp_fp32']:.1f}; plain PyTorch fp32 {rate['plain_pytorch']:.1f}")
     print(f"ratio shipped path (bf16) over plain PyTorch fp32 {speed['ratio_bf16_over_plain']:.2f}x "
