@@ -8,7 +8,10 @@
     zoo card's, at the card's thread count), and the solution reached;
 (c) models per hour on this machine for a sweep of the shipped recipe: a small sweep
     (the zoo's recipe at both zoo gammas, --sweep-seeds seeds each, one worker per core,
-    one thread each).
+    one thread each);
+(d) what the CPU's matmul units give: GFLOP/s of the step's largest matmul (the first
+    MLP layer over every position) in fp32 and bf16 on one thread, interleaved. The bf16
+    path's gain follows it: AMX (Intel) or AVX-512 BF16 only (AMD Zen 4) differ severalfold.
 
 The shipped recipe is the zoo cards' (`models/zoo/*/card.json`): (a) measures its shape.
 
@@ -108,6 +111,29 @@ def steps_per_second(config: TrainConfig, rounds: int, steps: int) -> dict:
     }
 
 
+def matmul_rates(config: TrainConfig, rounds: int, repeats: int = 20) -> dict:
+    """GFLOP/s of [batch * pos, d_model] x [d_model, d_mlp] on one thread, fp32 and bf16,
+    interleaved; medians over rounds."""
+    cfg = config.hooked_config()
+    m, k, n = config.batch_size * cfg["n_ctx"], cfg["d_model"], cfg["d_mlp"]
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    rates: dict[str, list[float]] = {"fp32": [], "bf16": []}
+    try:
+        operands = {name: (torch.randn(m, k).to(dtype), torch.randn(k, n).to(dtype)) for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16))}
+        for round_index in range(rounds + 1):  # round 0 warms up
+            for name, (a, b) in operands.items():
+                start = time.perf_counter()
+                for _ in range(repeats):
+                    a @ b
+                if round_index:
+                    rates[name].append(2 * m * k * n * repeats / (time.perf_counter() - start) / 1e9)
+    finally:
+        torch.set_num_threads(previous_threads)
+    median = {name: statistics.median(r) for name, r in rates.items()}
+    return {"shape": [m, k, n], "gflops_per_second": median, "ratio_bf16_over_fp32": median["bf16"] / median["fp32"]}
+
+
 def time_to_solution(name: str) -> dict:
     card = models.card(name)
     config = TrainConfig.from_recipe(card["recipe"], card["seed"])
@@ -169,9 +195,13 @@ def main() -> None:
         "machine": describe(),
         "speed": steps_per_second(shipped_recipe()[0], args.rounds, args.steps),
     }
-    speed = result["speed"]
+    result["matmul"] = matmul_rates(shipped_recipe()[0], args.rounds)
+    speed, matmul = result["speed"], result["matmul"]
     rate = speed["steps_per_second"]
-    print(f"CPU: {result['machine']['cpu']} (bf16 matmuls: {result['machine']['bf16_matmul']})")
+    print(f"CPU: {result['machine']['cpu']} (bf16 matmuls: {result['machine']['bf16_matmul']}); one thread, "
+          f"[{' x '.join(map(str, matmul['shape'][:2]))}] x [{' x '.join(map(str, matmul['shape'][1:]))}]: "
+          f"fp32 {matmul['gflops_per_second']['fp32']:.0f}, bf16 {matmul['gflops_per_second']['bf16']:.0f} GFLOP/s "
+          f"(bf16 over fp32 {matmul['ratio_bf16_over_fp32']:.2f}x)")
     print(f"steps/s ({torch.get_num_threads()} thread(s)): anchor-interp bf16 {rate['anchor_interp_bf16']:.1f}, "
           f"fp32 {rate['anchor_interp_fp32']:.1f}; plain PyTorch fp32 {rate['plain_pytorch']:.1f}")
     print(f"ratio shipped path (bf16) over plain PyTorch fp32 {speed['ratio_bf16_over_plain']:.2f}x "
