@@ -275,8 +275,10 @@ def _add_seeds(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--summary", action="store_true", help="only print the statistics of --db, train nothing")
     p.add_argument("--cards", nargs="+", metavar="MODEL", help="write each model card's validation distribution (its "
                    "gamma's runs in --db, which must use the card's recipe) into the card")
-    p.add_argument("--histories", action="store_true", help="also print, from the kept checkpoints' training histories, when "
+    p.add_argument("--histories", action="store_true", help="also print, from the runs' training histories, when "
                    "each group's runs fit the seen pairs, how many reached their solution, and which lost it later")
+    p.add_argument("--replay-patience", metavar="N[,N...]", help="also replay early stopping with these shorter patiences on the "
+                   "stored training histories: the steps each would save and the labels it would change")
     p.add_argument("--json", action="store_true", help="also print the statistics as one JSON line (last line)")
     p.add_argument("--markdown", action="store_true", help="also print them as a README table")
     p.add_argument("--workers", type=int, help="runs at once (default: one per core)")
@@ -298,8 +300,8 @@ def _run_seeds(args: argparse.Namespace) -> int:
     import shlex
 
     import models
-    from interp.seeds import (card_validation, compare_runs, format_groups, format_histories, markdown_table, reproduced, seed_groups,
-                              seed_list, solution_histories)
+    from interp.seeds import (card_validation, compare_runs, format_groups, format_histories, format_replay, markdown_table, replay_patience,
+                              reproduced, seed_groups, seed_list, solution_histories)
     from interp.sweep import run_sweep
     from models.files import write_text_atomic
     from models.sweep import SweepSpec, results
@@ -333,6 +335,10 @@ def _run_seeds(args: argparse.Namespace) -> int:
     print(format_groups(groups))
     for group in groups if args.histories else []:
         print(format_histories(group, solution_histories(args.db, group, rows)))
+    for group in groups if args.replay_patience else []:
+        print(f"== {group.name}: early stopping replayed")
+        for patience in map(int, args.replay_patience.split(",")):
+            print(format_replay(group, patience, replay_patience(args.db, group, rows, patience)))
     if args.check:
         same, total, differ = reproduced(rows, results(args.check)[1])
         print(f"reproduced {same} of {total} runs also in {args.check}" + (f"; differ: {differ}" if differ else ""))

@@ -9,6 +9,7 @@ the last token is the second anchor) shows."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import tomllib
 from collections import Counter
@@ -19,7 +20,8 @@ from typing import Any
 from scipy.stats import binomtest, fisher_exact
 
 from models.sweep import checkpoint_folder, config_json
-from models.train import SEEN_FIT
+from models.train import SEEN_FIT, settled
+from probes.solution import label_of
 
 PROTOCOL = Path(__file__).resolve().parent.parent / "models" / "sweeps" / "seeds.toml"
 
@@ -199,18 +201,17 @@ REACHED = 0.9  # a run reached its solution once an evaluation shows it at this 
 
 
 def solution_histories(db: str | Path, group: SeedGroup, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The training course of the group's solution in each finished run whose checkpoint was
-    kept (`--keep-checkpoints`: <db>.checkpoints/cell-<id>/card.json holds the live
-    evaluations): the step the seen pairs were fit (test keys >= SEEN_FIT), the peak (4,3)
-    accuracy of the solution and its step, and the final (classified) accuracy. A run that
-    reached the solution and ended below REACHED lost it while training went on."""
-    folder = checkpoint_folder(db)
+    """The training course of the group's solution in each finished run, from its live
+    evaluations (the database's history column; for runs recorded before it, the kept
+    checkpoint's card, <db>.checkpoints/cell-<id>/card.json): the step the seen pairs were
+    fit (test keys >= SEEN_FIT), the peak (4,3) accuracy of the solution and its step, and
+    the final (classified) accuracy. A run that reached the solution and ended below
+    REACHED lost it while training went on."""
     out = []
-    for row in rows:
-        card = folder / f"cell-{row['id']}" / "card.json"
-        if row["status"] != "done" or row["seed"] not in group.seeds or {k: row["params"][k] for k in group.setting} != group.setting or not card.is_file():
+    for row in group_runs(group, rows):
+        history = run_history(db, row)
+        if history is None:
             continue
-        history = json.loads(card.read_text())["history"]
         peak = max(history, key=lambda h: h[group.solution])
         fit = next((h["step"] for h in history if h["seen_test"] >= SEEN_FIT), None)
         final = row["metrics"][f"{group.solution}_test_keys"]
@@ -219,10 +220,25 @@ def solution_histories(db: str | Path, group: SeedGroup, rows: list[dict[str, An
     return sorted(out, key=lambda h: h["seed"])
 
 
+def group_runs(group: SeedGroup, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The group's finished runs among `rows`."""
+    return [row for row in rows if row["status"] == "done" and row["seed"] in group.seeds
+            and {k: row["params"][k] for k in group.setting} == group.setting]
+
+
+def run_history(db: str | Path, row: dict[str, Any]) -> list[dict[str, float]] | None:
+    """A finished run's live evaluations: the database's, else its kept checkpoint's card,
+    else None."""
+    if row.get("history"):
+        return row["history"]
+    card = checkpoint_folder(db) / f"cell-{row['id']}" / "card.json"
+    return json.loads(card.read_text())["history"] if card.is_file() else None
+
+
 def format_histories(group: SeedGroup, histories: list[dict[str, Any]]) -> str:
     """The group's name, a line for its runs, then one per run that lost its solution."""
     if not histories:
-        return f"== {group.name}\n   history           no kept checkpoints (run with --keep-checkpoints)"
+        return f"== {group.name}\n   history           none stored (runs recorded before the history column, no kept checkpoints)"
     fits = sorted(h["fit_step"] for h in histories if h["fit_step"] is not None)
     reached = sum(h["peak"] >= REACHED for h in histories)
     lost = [h for h in histories if h["lost"]]
@@ -231,6 +247,42 @@ def format_histories(group: SeedGroup, histories: list[dict[str, Any]]) -> str:
              f"   history           {len(histories)} runs: {fitted}; {group.solution} >= {REACHED} at some evaluation in {reached}, lost later in {len(lost)}"]
     lines += [f"                     seed {h['seed']}: {h['peak']:.3f} at step {h['peak_step']} -> {h['final']:.3f} at {h['steps']}" for h in lost]
     return "\n".join(lines)
+
+
+def replay_patience(db: str | Path, group: SeedGroup, rows: list[dict[str, Any]], patience: int) -> list[dict[str, Any]]:
+    """Early stopping with a shorter `patience` (evaluations the solution must hold still),
+    replayed on each run's stored live evaluations with the training's own rule
+    (`models.train.settled`): where that run would have stopped and the label its live
+    accuracies give there, against the same at its real stop. Exact, since training up to
+    an earlier stop is the same run; a patience longer than the run's would need
+    evaluations it never made, so it is refused."""
+    out = []
+    for row in group_runs(group, rows):
+        history, config = run_history(db, row), row["config"]
+        if history is None:
+            continue
+        if patience > config.patience:
+            raise ValueError(f"patience {patience} is longer than the runs' own ({config.patience}): replay can only stop earlier")
+        shorter = dataclasses.replace(config, patience=patience)
+        stop = next((i for i in range(len(history)) if config.early_stop and history[i]["step"] >= config.min_steps
+                     and settled(history[:i + 1], shorter)), len(history) - 1)
+        real, replayed = history[-1], history[stop]
+        out.append({"seed": row["seed"], "steps": real["step"], "replayed_steps": replayed["step"],
+                    "label": label_of(real["seen_test"], real["inferential"], real["symmetric"]),
+                    "replayed_label": label_of(replayed["seen_test"], replayed["inferential"], replayed["symmetric"])})
+    return out
+
+
+def format_replay(group: SeedGroup, patience: int, replay: list[dict[str, Any]]) -> str:
+    """One line for the group: the steps kept, the labels kept, and each label changed."""
+    if not replay:
+        return f"   patience {patience:<8} no stored histories"
+    kept = sum(r["replayed_label"] == r["label"] for r in replay)
+    steps, replayed = sum(r["steps"] for r in replay), sum(r["replayed_steps"] for r in replay)
+    changed = "".join(f"; seed {r['seed']} {r['label']} -> {r['replayed_label']} (step {r['replayed_steps']} not {r['steps']})"
+                      for r in replay if r["replayed_label"] != r["label"])
+    return (f"   patience {patience:<8} {len(replay)} runs: {replayed / steps:.0%} of the steps (mean {steps / len(replay):.0f} -> "
+            f"{replayed / len(replay):.0f}); same label in {kept} of {len(replay)}{changed}")
 
 
 def compare_runs(rows: list[dict[str, Any]], other: list[dict[str, Any]], expect: dict[float, str] | None = None) -> list[dict[str, Any]]:

@@ -107,6 +107,7 @@ def run_cell(cell: Cell, threads: int, checkpoint: str | None = None, trained: T
         "worker": f"{socket.gethostname()}:{os.getpid()}",
         "versions": {"python": platform.python_version(), "torch": torch.__version__, "transformer_lens": _version("transformer_lens")},
         "checkpoint": checkpoint,
+        "history": result.history,
     }
 
 

@@ -262,7 +262,8 @@ CREATE TABLE cells (
     started TEXT,
     finished TEXT,
     error TEXT,                        -- traceback of a failed cell
-    checkpoint TEXT                    -- checkpoint folder, when kept
+    checkpoint TEXT,                   -- checkpoint folder, when kept
+    history TEXT                       -- JSON: the training's live evaluations (TrainResult.history)
 );
 """
 
@@ -384,17 +385,32 @@ class SweepStore:
         with self.db:
             self.db.executemany("UPDATE cells SET status='pending' WHERE id=? AND status='running'", [(i,) for i in cell_ids])
 
+    def _add_history_column(self) -> None:
+        """Databases made before the history column get it on their first write (in the
+        writing transaction); reading never changes a file."""
+        if "history" not in {r[1] for r in self.db.execute("PRAGMA table_info(cells)")}:
+            self.db.execute("ALTER TABLE cells ADD COLUMN history TEXT")
+
+    def record_history(self, cell_id: int, history: list[dict[str, float]]) -> None:
+        """Store a finished run's training history (for runs recorded before the column
+        existed, from their kept checkpoint's card)."""
+        with self.db:
+            self._add_history_column()
+            self.db.execute("UPDATE cells SET history=? WHERE id=? AND status='done'", (json.dumps(history), cell_id))
+
     def record_done(self, cell_id: int, outcome: dict[str, Any]) -> None:
         m = outcome["metrics"]
         with self.db:
+            self._add_history_column()
             self.db.execute(
                 """UPDATE cells SET status='done', label=?, seen_test_keys=?, inferential_test_keys=?,
                    symmetric_test_keys=?, metrics=?, steps=?, stopped_early=?, train_seconds=?, wall_seconds=?,
-                   threads=?, worker=?, versions=?, finished=?, error=NULL, checkpoint=? WHERE id=?""",
+                   threads=?, worker=?, versions=?, finished=?, error=NULL, checkpoint=?, history=? WHERE id=?""",
                 (
                     m["label"], m["seen_test_keys"], m["inferential_test_keys"], m["symmetric_test_keys"], json.dumps(m),
                     outcome["steps"], outcome["stopped_early"], outcome["train_seconds"], outcome["wall_seconds"],
-                    outcome["threads"], outcome["worker"], json.dumps(outcome["versions"]), _now(), outcome["checkpoint"], cell_id,
+                    outcome["threads"], outcome["worker"], json.dumps(outcome["versions"]), _now(), outcome["checkpoint"],
+                    json.dumps(outcome["history"]) if outcome.get("history") is not None else None, cell_id,
                 ),
             )
 
@@ -435,7 +451,8 @@ class SweepStore:
         out = []
         for r in self.db.execute("SELECT * FROM cells ORDER BY id"):
             row = dict(r)
-            for key in ("params", "metrics", "versions"):
+            row.setdefault("history", None)  # a database made before the column
+            for key in ("params", "metrics", "versions", "history"):
                 row[key] = json.loads(row[key]) if row[key] else None
             config = config_from_json(row.pop("config"))
             row["config"] = config

@@ -70,9 +70,11 @@ def test_seeds_command_runs_resumes_and_reproduces_its_rows(tmp_path, capsys):
     assert (same, total, differ) == (4, 4, [])
     # Rerun: nothing left to train; a summary reads the database alone.
     assert cli.main([*args, "--db", str(second)]) == 0
-    assert cli.main(["seeds", "--db", str(second), "--summary", "--markdown", "--histories"]) == 0
+    assert all(len(r["history"]) == 2 and r["history"][-1]["step"] == 12 for r in rows)  # the live evaluations, in the database
+    assert cli.main(["seeds", "--db", str(second), "--summary", "--markdown", "--histories", "--replay-patience", "1"]) == 0
     out = capsys.readouterr().out
-    assert "| gamma 0.8 |" in out and "no kept checkpoints (run with --keep-checkpoints)" in out
+    assert "| gamma 0.8 |" in out and "   history           2 runs: " in out
+    assert "patience 1        2 runs: 100% of the steps (mean 12 -> 12); same label in 2 of 2" in out  # no early stop to replay
     # A summary of a subset: the seeds and gammas another database shares.
     assert cli.main(["seeds", "--db", str(second), "--summary", "--seeds", "1", "--gamma", "0.3", "--json"]) == 0
     stats = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
@@ -153,4 +155,28 @@ def test_histories_find_the_runs_that_reached_their_solution_and_lost_it(tmp_pat
     text = format_histories(group, histories)
     assert "2 runs: seen pairs fit at step 200-200" in text and "symmetric >= 0.9 at some evaluation in 2, lost later in 1" in text
     assert "seed 2: 0.970 at step 200 -> 0.400 at 300" in text
-    assert "no kept checkpoints" in format_histories(group, [])
+    assert "none stored" in format_histories(group, [])
+
+
+def test_a_shorter_patience_is_replayed_with_the_training_rule_on_stored_histories():
+    from interp.seeds import format_replay, replay_patience
+    from models.train import TrainConfig
+
+    def evaluation(step, symmetric):
+        return {"step": step, "seen_test": 1.0, "inferential": 1 - symmetric, "symmetric": symmetric}
+
+    # Seed 1 holds its lookup from step 200; seed 2 holds one from 200 to 400, then composes.
+    courses = {1: [evaluation(s, 1.0) for s in range(100, 800, 100)],
+               2: [evaluation(s, 1.0) for s in (100, 200, 300, 400)] + [evaluation(s, 0.0) for s in range(500, 1200, 100)]}
+    config = TrainConfig(gamma=0.3, patience=4, min_steps=0)
+    rows = [_row(1, 0.3, "symmetric", 0.0, 1.0), _row(2, 0.3, "inferential", 1.0, 0.0)]
+    for cell_id, row in enumerate(rows):
+        row |= {"id": cell_id, "config": config, "history": courses[row["seed"]]}
+    (group,) = seed_groups(rows, {0.3: "symmetric"})
+    replay = replay_patience("unused.db", group, rows, 2)
+    assert [(r["seed"], r["steps"], r["replayed_steps"], r["label"], r["replayed_label"]) for r in replay] == [
+        (1, 700, 300, "symmetric", "symmetric"), (2, 1100, 300, "inferential", "symmetric")]
+    text = format_replay(group, 2, replay)
+    assert "2 runs: 33% of the steps (mean 900 -> 300); same label in 1 of 2; seed 2 inferential -> symmetric (step 300 not 1100)" in text
+    with pytest.raises(ValueError, match="replay can only stop earlier"):
+        replay_patience("unused.db", group, rows, 5)

@@ -279,10 +279,39 @@ def test_local_sweep_runs_every_cell_once_in_workers_and_resume_does_nothing(tmp
     finally:
         torch.set_num_threads(threads)
     assert here["metrics"] == metrics
+    def course(history):  # the live evaluations but their wall-clock times
+        return [{k: v for k, v in row.items() if k != "seconds"} for row in history]
+
+    stored, kept_card = json.loads(got[3]["history"]), json.loads((tmp_path / "s.checkpoints" / "cell-3" / "card.json").read_text())
+    assert stored == kept_card["history"] and course(stored) == course(here["history"]) and stored[-1]["step"] == 8
 
     again = run_sweep(None, db, resume=True, progress=False)
     assert again.ran == 0 and again.done == 4
     assert rows(db) == got  # nothing rerun, nothing rewritten
+
+
+def test_a_database_made_before_the_history_column_reads_as_it_is_and_gets_it_on_a_write(tmp_path, monkeypatch):
+    import models.sweep
+
+    db = tmp_path / "old.db"
+    spec = tiny_spec("seed=0,1")
+    old_schema = re.sub(r"checkpoint TEXT,(.*)\n\s*history TEXT[^\n]*", r"checkpoint TEXT \1", models.sweep.SCHEMA)  # before 2026-12-01
+    assert "history" not in old_schema
+    monkeypatch.setattr(models.sweep, "SCHEMA", old_schema)
+    SweepStore.create(db, spec, spec.cells()).close()
+    monkeypatch.undo()
+    before = db.read_bytes()
+    assert [r["history"] for r in results(db)[1]] == [None, None]
+    assert db.read_bytes() == before  # reading changed nothing
+    store = SweepStore(db)
+    try:
+        outcome = run_cell(spec.cells()[0], threads=1)
+        store.record_done(0, {**outcome, "worker": "test"})
+        store.record_history(1, [{"step": 8}])  # cell 1 is not done: left alone
+    finally:
+        store.close()
+    got = {r["id"]: r for r in results(db)[1]}
+    assert got[0]["history"] == outcome["history"] and got[0]["history"][-1]["step"] == 8 and got[1]["history"] is None
 
 
 def flaky_cell(cell: Cell, threads: int, checkpoint: str | None) -> dict:
