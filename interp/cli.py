@@ -268,8 +268,9 @@ def _add_seeds(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--expect", action="append", default=[], metavar="GAMMA=SOLUTION",
                    help="the solution a gamma should give, e.g. 0.8=inferential (default: each gamma's most common label)")
     p.add_argument("--check", metavar="REFERENCE.db", help="also compare every run with the same run in this database")
-    p.add_argument("--compare", metavar="OTHER.db", help="also compare the label counts with this database's runs of the "
-                   "same seeds made another way (e.g. fp32 against bf16): same labels, and Fisher's exact test")
+    p.add_argument("--compare", nargs="+", metavar="OTHER.db", help="also compare the label counts with the runs of the same "
+                   "seeds made another way (e.g. fp32 against bf16) in these databases (one recipe, split over several): same "
+                   "labels, and Fisher's exact test")
     p.add_argument("--keep-checkpoints", action="store_true", help="also save every model, in <db>.checkpoints/cell-<id>, "
                    "to look at a failing seed with the probes")
     p.add_argument("--summary", action="store_true", help="only print the statistics of --db, train nothing")
@@ -300,7 +301,7 @@ def _run_seeds(args: argparse.Namespace) -> int:
     import shlex
 
     import models
-    from interp.seeds import (card_validation, compare_runs, format_groups, format_histories, format_replay, markdown_table, replay_patience,
+    from interp.seeds import (card_validation, compare_runs, compare_table, format_groups, format_histories, format_replay, markdown_table, replay_patience,
                               reproduced, seed_groups, seed_list, solution_histories)
     from interp.sweep import run_sweep
     from models.files import write_text_atomic
@@ -348,13 +349,18 @@ def _run_seeds(args: argparse.Namespace) -> int:
         path = write_text_atomic(models.hooked.resolve(name) / models.hooked.CARD_FILE, json.dumps(card, indent=2) + "\n")
         v = card["validation"]
         print(f"{path}: validation {v['solution']} {v['solution_runs']}/{v['runs']}, clean {v['clean_runs']}/{v['runs']}")
-    if args.compare:
-        for c in compare_runs(rows, results(args.compare)[1], expect):
-            name = ", ".join(f"{k} {v}" for k, v in c["setting"].items())
-            print(f"{name}: {c['runs']} seeds in both; same label in {c['same_label']}; {c['solution']} "
-                  f"{c['solution_runs'][0]} here vs {c['solution_runs'][1]} in {args.compare} (Fisher exact p = {c['fisher_p']:.2f})")
+    other_rows = [row for other in args.compare or [] for row in results(other)[1]]
+    other_name = " + ".join(Path(other).name for other in args.compare or [])
+    comparisons = compare_runs(rows, other_rows, expect) if args.compare else []
+    for c in comparisons:
+        name = ", ".join(f"{k} {v}" for k, v in c["setting"].items())
+        print(f"{name}: {c['runs']} seeds in both; same label in {c['same_label']}; {c['solution']} "
+              f"{c['solution_runs'][0]} here vs {c['solution_runs'][1]} in {other_name}, clean {c['clean_runs'][0]} vs "
+              f"{c['clean_runs'][1]} (Fisher exact p = {c['fisher_p']:.2f})")
     if args.markdown:
         print(markdown_table(groups, args.db))
+        if comparisons:
+            print(compare_table(comparisons, Path(args.db).name, other_name))
     if args.json:
         print(json.dumps([g.to_dict() for g in groups]))
     return 1 if failed else 0  # like `sweep`: failed runs stay in the database, to retry by rerunning

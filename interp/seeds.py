@@ -302,8 +302,19 @@ def compare_runs(rows: list[dict[str, Any]], other: list[dict[str, Any]], expect
         n = len(pairs)
         k_mine = sum(a["label"] == group.solution for a, _ in pairs)
         k_theirs = sum(b["label"] == group.solution for _, b in pairs)
+        clean = [sum(r["metrics"][f"{group.solution}_test_keys"] >= CLEAN for r in side) for side in zip(*pairs)] if n else [0, 0]
         _, p = fisher_exact([[k_mine, n - k_mine], [k_theirs, n - k_theirs]]) if n else (None, 1.0)
         out.append({"setting": group.setting, "solution": group.solution, "runs": n,
                     "same_label": sum(a["label"] == b["label"] for a, b in pairs),
-                    "solution_runs": [k_mine, k_theirs], "fisher_p": float(p)})
+                    "solution_runs": [k_mine, k_theirs], "clean_runs": clean, "fisher_p": float(p)})
     return out
+
+
+def compare_table(comparisons: list[dict[str, Any]], name: str, other: str) -> str:
+    """`compare_runs` as README table rows: `name` and `other` name the two databases."""
+    header = ("| databases | setting | seeds in both | same label | solution: first / second | clean >= 0.95: first / second | Fisher exact p |\n"
+              "|---|---|---|---|---|---|---|")
+    rows = [f"| {name} vs {other} | {', '.join(f'{k} {v}' for k, v in c['setting'].items())} | {c['runs']} | {c['same_label']} of {c['runs']} | "
+            f"{c['solution']} {c['solution_runs'][0]} / {c['solution_runs'][1]} | {c['clean_runs'][0]} / {c['clean_runs'][1]} | {c['fisher_p']:.2f} |"
+            for c in comparisons]
+    return "\n".join([header, *rows])

@@ -102,7 +102,7 @@ def test_two_ways_of_running_the_same_seeds_compare_label_by_label():
     bf16 = [_row(1, 0.8, "inferential", 1.0, 0.0), _row(2, 0.8, "inferential", 1.0, 0.0), _row(3, 0.8, "symmetric", 0.1, 0.9)]
     fp32 = [_row(1, 0.8, "inferential", 1.0, 0.0), _row(2, 0.8, "symmetric", 0.1, 0.9), _row(4, 0.8, "inferential", 1.0, 0.0)]
     (c,) = compare_runs(bf16, fp32, {0.8: "inferential"})
-    assert (c["runs"], c["same_label"], c["solution_runs"]) == (2, 1, [2, 1])  # seeds 1 and 2 only
+    assert (c["runs"], c["same_label"], c["solution_runs"], c["clean_runs"]) == (2, 1, [2, 1], [2, 1])  # seeds 1 and 2 only
     assert c["fisher_p"] == pytest.approx(1.0)
     many = [_row(s, 0.8, "inferential", 1.0, 0.0) for s in range(20)]
     (c,) = compare_runs(many, [_row(s, 0.8, "symmetric", 0.0, 1.0) for s in range(20)], {0.8: "inferential"})
@@ -180,3 +180,39 @@ def test_a_shorter_patience_is_replayed_with_the_training_rule_on_stored_histori
     assert "2 runs: 33% of the steps (mean 900 -> 300); same label in 1 of 2; seed 2 inferential -> symmetric (step 300 not 1100)" in text
     with pytest.raises(ValueError, match="replay can only stop earlier"):
         replay_patience("unused.db", group, rows, 5)
+
+
+README_COMPARE_ROW = re.compile(r"^\| (?P<db>\w+\.db) vs (?P<other>\w+\.db(?: \+ \w+\.db)*) \| gamma (?P<gamma>[\d.]+) \| (?P<columns>.*)$")
+
+
+def test_every_comparison_row_in_the_readme_is_printed_from_its_two_databases():
+    """Each README row `| A.db vs B.db [+ C.db] | gamma G | ... |` (bf16 against fp32, say) is
+    what `anchor-interp seeds --db A --summary --compare B [C] --markdown` prints for that
+    gamma (over all of A's seeds that B and C hold)."""
+    from interp.seeds import compare_runs, compare_table
+
+    sweeps = Path(__file__).parents[1] / "models" / "sweeps"
+    readme_rows = [m for line in (sweeps.parents[1] / "README.md").read_text().splitlines() if (m := README_COMPARE_ROW.match(line))]
+    assert len(readme_rows) >= 4
+    for m in readme_rows:
+        gamma, solution = float(m["gamma"]), m["columns"].split(" | ")[2].split()[0]
+        other = [row for name in m["other"].split(" + ") for row in results(sweeps / name)[1]]
+        comparisons = compare_runs(results(sweeps / m["db"])[1], other, {gamma: solution})
+        printed = compare_table([c for c in comparisons if c["setting"]["gamma"] == gamma], m["db"], m["other"])
+        assert m.group(0) in printed.splitlines(), f"README row for {m['db']} vs {m['other']} gamma {gamma} is not what they print"
+
+
+def test_the_readme_replay_lines_are_printed_from_the_stored_histories():
+    """The README's early-stopping replay (Training speed) is what `seeds --replay-patience`
+    prints from the shipped databases' stored histories."""
+    from interp.seeds import format_replay, replay_patience
+
+    sweeps = Path(__file__).parents[1] / "models" / "sweeps"
+    readme = [line.strip() for line in (sweeps.parents[1] / "README.md").read_text().splitlines() if re.match(r"^ +patience \d+ +\d+ runs:", line)]
+    assert len(readme) == 8
+    printed = set()
+    for name, expect in (("validation_next.db", {0.8: "inferential", 0.2: "symmetric"}), ("validation.db", {0.8: "inferential", 0.3: "symmetric"})):
+        _, rows = results(sweeps / name)
+        for group in seed_groups(rows, expect):
+            printed |= {format_replay(group, p, replay_patience(sweeps / name, group, rows, p)).strip() for p in (2, 3)}
+    assert set(readme) <= printed
