@@ -34,6 +34,8 @@ def check_stackable(configs: list[TrainConfig]) -> None:
     differing = sorted({k for r in shared[1:] for k in r if r[k] != shared[0][k]})
     if differing:
         raise ValueError(f"stacked runs may differ in gamma and seed only; these settings differ: {differing}")
+    if configs[0].decay_after_solution:  # the stack shares one lr, and each run fits at its own step
+        raise ValueError("decay_after_solution gives each run its own lr schedule, which a stack cannot: use the local executor")
 
 
 def stacked_logits(

@@ -48,6 +48,11 @@ class TrainConfig:
     batch_size: int = 512
     max_steps: int = 3000
     warmup_steps: int = 150  # linear warmup, then cosine decay to 0 at max_steps
+    # N > 0: the lr holds its peak until an evaluation finds a solution formed (the seen
+    # pairs fit and one solution >= SOLUTION_FORMED on (4,3) test keys), then cosine-decays
+    # to 0 over N steps, and the run ends (by max_steps at the latest): the schedule ends
+    # when a solution has formed, not at a step count chosen for the slowest run.
+    decay_after_solution: int = 0
     grad_clip: float = 1.0
     # bf16 forward and backward with fp32 master weights: 2x the steps/s of fp32 on this
     # CPU, the same solutions (README: "Training speed"). fp32 is the reference arithmetic.
@@ -70,6 +75,7 @@ class TrainConfig:
             "batch_size": (self.batch_size >= 1, ">= 1"),
             "max_steps": (self.max_steps >= 1, ">= 1"),
             "warmup_steps": (0 <= self.warmup_steps <= self.max_steps, f"in 0..max_steps={self.max_steps}"),
+            "decay_after_solution": (0 <= self.decay_after_solution <= self.max_steps - self.warmup_steps, f"in 0..max_steps-warmup_steps={self.max_steps - self.warmup_steps}"),
             "weight_decay_warmup": (0 <= self.weight_decay_warmup <= self.max_steps, f"in 0..max_steps={self.max_steps}"),
             "grad_clip": (self.grad_clip > 0, "> 0"),
             "eval_every": (self.eval_every >= 1, ">= 1"),
@@ -105,6 +111,7 @@ class TrainConfig:
     def from_recipe(cls, recipe: dict[str, Any], seed: int) -> "TrainConfig":
         r = dict(recipe)
         r.setdefault("weight_decay_warmup", 0)  # recipes written before the ramp existed had none
+        r.setdefault("decay_after_solution", 0)  # ... or the solution-triggered decay
         r.setdefault("decay_norms", True)  # ... and decayed every parameter
         r.setdefault("precision", "fp32")  # ... and trained in fp32
         r["betas"] = tuple(r["betas"])
@@ -148,6 +155,7 @@ def uses_fused_forward(cfg: Any) -> bool:
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
 SEEN_FIT = 0.99  # the seen pairs (test keys) are fit at this accuracy: early stop waits for it
+SOLUTION_FORMED = 0.9  # a solution has formed at this (4,3) accuracy: `decay_after_solution` starts
 
 
 def fused_parameters(model: hooked.Model) -> dict[str, Tensor]:
@@ -228,16 +236,19 @@ def last_logits(model: hooked.Model, tokens: Int[Tensor, "batch pos"], precision
     return model.unembed(model.ln_final(resid[:, -1:, :]))[:, 0, :]
 
 
-def lr_lambda(config: TrainConfig) -> Callable[[int], float]:
+def lr_factor(config: TrainConfig, step: int, solution_step: int | None = None) -> float:
+    """The lr at `step` over its peak: the lower of a linear warmup and a cosine decay to 0
+    over the rest of the run, or with `decay_after_solution` over that many steps from
+    `solution_step` (the first evaluation with a solution formed; None: not yet), which may
+    come before the warmup ends."""
     warm, total = config.warmup_steps, config.max_steps
-
-    def factor(step: int) -> float:
-        if step < warm:
-            return (step + 1) / warm
+    ramp = (step + 1) / warm if step < warm else 1.0
+    if config.decay_after_solution:
+        start = total - config.decay_after_solution if solution_step is None else min(solution_step, total - config.decay_after_solution)
+        progress = (step - start) / config.decay_after_solution
+    else:
         progress = (step - warm) / max(1, total - warm)
-        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-
-    return factor
+    return min(ramp, 0.5 * (1 + math.cos(math.pi * min(1.0, max(0.0, progress)))))
 
 
 @dataclass
@@ -261,13 +272,27 @@ class TrainResult:
 
 
 class Schedule(torch.optim.lr_scheduler.LambdaLR):
-    """The lr: linear warmup, then cosine decay to 0 at max_steps. The weight decay: a
-    linear ramp from 0 to `weight_decay` over `weight_decay_warmup` steps, then constant,
-    in the parameter groups that decay."""
+    """The lr: `lr_factor` times the peak. The weight decay: a linear ramp from 0 to
+    `weight_decay` over `weight_decay_warmup` steps, then constant, in the parameter groups
+    that decay."""
 
     def __init__(self, optimizer: torch.optim.Optimizer, config: TrainConfig):
         self.weight_decay, self.weight_decay_warmup = config.weight_decay, config.weight_decay_warmup
-        super().__init__(optimizer, lr_lambda(config))  # calls step() once: sets step 0's values
+        self.decay_after_solution, self.max_steps = config.decay_after_solution, config.max_steps
+        self.solution_step: int | None = None  # set by `saw_evaluation`
+        super().__init__(optimizer, lambda step: lr_factor(config, step, self.solution_step))  # calls step() once: sets step 0's values
+
+    def saw_evaluation(self, row: dict[str, float]) -> None:
+        """Start the solution-triggered decay (`decay_after_solution`) at the first
+        evaluation that finds a solution formed."""
+        formed = row["seen_test"] >= SEEN_FIT and max(row["inferential"], row["symmetric"]) >= SOLUTION_FORMED
+        if self.solution_step is None and formed:
+            self.solution_step = int(row["step"])
+
+    def ended(self, step: int) -> bool:
+        """With `decay_after_solution`: the decay has brought the lr to 0, so nothing will
+        change any more."""
+        return bool(self.decay_after_solution) and self.solution_step is not None and step >= self.solution_step + self.decay_after_solution
 
     def step(self) -> None:  # type: ignore[override]
         super().step()
@@ -340,8 +365,9 @@ def train(config: TrainConfig, progress: bool = True) -> TrainResult:
             row = {"step": step, "loss": loss.item(), "lr": schedule.get_last_lr()[0], **live_metrics(model, config.task)}
             row["seconds"] = time.perf_counter() - start
             history.append(row)
+            schedule.saw_evaluation(row)
             bar.set_postfix(loss=f"{row['loss']:.3f}", seen=f"{row['seen_test']:.2f}", inf43=f"{row['inferential']:.2f}", sym43=f"{row['symmetric']:.2f}")
-            if config.early_stop and step >= config.min_steps and settled(history, config):
+            if schedule.ended(step) or config.early_stop and step >= config.min_steps and settled(history, config):
                 stopped_early = True
                 break
         if step == config.max_steps:

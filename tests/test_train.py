@@ -149,6 +149,42 @@ def test_schedule_warms_up_the_lr_and_ramps_the_weight_decay():
     assert optimizer.param_groups[0]["weight_decay"] == 2.0
 
 
+def test_solution_triggered_decay_holds_the_peak_until_a_solution_forms():
+    from models.train import lr_factor, make_optimizer
+
+    config = TrainConfig(warmup_steps=2, max_steps=100, decay_after_solution=10)
+    assert [lr_factor(config, s) for s in (0, 1)] == [0.5, 1.0]
+    assert [lr_factor(config, s, solution_step=None) for s in (2, 50, 90)] == [1.0, 1.0, 1.0]
+    assert [lr_factor(config, s, solution_step=30) for s in (30, 35, 40, 60)] == pytest.approx([1.0, 0.5, 0.0, 0.0])
+    # A solution during the warmup: the lr follows the lower of the ramp and the decay.
+    assert lr_factor(TrainConfig(warmup_steps=10, max_steps=100, decay_after_solution=10), 5, solution_step=3) == pytest.approx(0.6)
+    assert lr_factor(TrainConfig(warmup_steps=10, max_steps=100, decay_after_solution=10), 8, solution_step=3) == pytest.approx(0.5)
+    # A run where no solution forms still ends its decay at max_steps.
+    assert [lr_factor(config, s) for s in (95, 100)] == pytest.approx([0.5, 0.0])
+    # The decay starts at the first evaluation with the seen pairs fit AND one solution
+    # formed (either), and the schedule has ended once the lr is back to 0.
+    optimizer, schedule = make_optimizer([torch.nn.Parameter(torch.ones(3, 3))], config)
+    for step in range(1, 25):
+        optimizer.step()
+        schedule.step()
+        schedule.saw_evaluation({"step": step, "seen_test": 1.0 if step >= 8 else 0.5, "inferential": 0.3, "symmetric": 0.95 if step >= 12 else 0.5})
+        assert schedule.ended(step) == (step >= 22)
+    assert schedule.solution_step == 12 and schedule.get_last_lr()[0] == pytest.approx(1e-3 * lr_factor(config, 24, 12))
+    assert not make_optimizer([torch.nn.Parameter(torch.ones(3, 3))], TrainConfig())[1].ended(10**6)  # the plain schedule never ends a run
+    with pytest.raises(ValueError, match="decay_after_solution"):
+        TrainConfig(warmup_steps=50, max_steps=100, decay_after_solution=60)
+
+
+def test_training_with_solution_triggered_decay_records_the_decay_in_its_history():
+    from models.train import lr_factor
+
+    config = TrainConfig(gamma=0.5, lr=1e-2, max_steps=60, warmup_steps=5, decay_after_solution=20, **TINY)
+    result = models.train(config, progress=False)
+    formed = next((row["step"] for row in result.history if row["seen_test"] >= 0.99 and max(row["inferential"], row["symmetric"]) >= 0.9), None)
+    assert [row["lr"] for row in result.history] == pytest.approx([1e-2 * lr_factor(config, row["step"], formed) for row in result.history])
+    assert result.history[-1]["lr"] == 0.0
+
+
 @pytest.mark.parametrize("decay_norms", [False, True])
 def test_layernorm_weights_decay_only_when_asked(decay_norms):
     from models.train import make_optimizer
