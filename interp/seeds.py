@@ -13,14 +13,14 @@ import dataclasses
 import json
 import tomllib
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from scipy.stats import binomtest, fisher_exact
 
 from models.sweep import checkpoint_folder, config_json
-from models.train import SEEN_FIT, settled
+from models.train import SEEN_FIT, TrainConfig, settled
 from probes.solution import label_of
 
 PROTOCOL = Path(__file__).resolve().parent.parent / "models" / "sweeps" / "seeds.toml"
@@ -73,6 +73,17 @@ class SeedGroup:
     labels: dict[str, int]  # label -> runs
     accuracy: list[float]  # per run, the solution's (4,3) test-key accuracy, in seed order
     by_position: list[list[float]]  # per run, the solution's accuracy at key position 0..6
+    steps: list[int] = field(default_factory=list)  # per run (where recorded), training steps
+    train_seconds: list[float] = field(default_factory=list)  # ... and training wall time
+
+    def cost(self) -> str:
+        """Steps and training seconds a run: mean (min-max)."""
+        def spread(values: list[float], fmt: str) -> str:
+            return f"{sum(values) / len(values):{fmt}} ({min(values):{fmt}}-{max(values):{fmt}})"
+        if not self.steps:
+            return "not recorded"
+        cost = f"steps {spread(self.steps, '.0f')}"
+        return cost + (f", training {spread(self.train_seconds, '.0f')} s" if self.train_seconds else "")
 
     @property
     def name(self) -> str:
@@ -112,6 +123,8 @@ class SeedGroup:
             "accuracy": self.accuracy,
             "position_mean": self.position_means(),
             "position_clean_runs": self.position_clean(),
+            "steps": self.steps,
+            "train_seconds": self.train_seconds,
         }
 
 
@@ -137,6 +150,8 @@ def seed_groups(rows: list[dict[str, Any]], expect: dict[float, str] | None = No
             labels=dict(labels.most_common()),
             accuracy=[r["metrics"][f"{solution}_test_keys"] for r in done],
             by_position=[r["metrics"][f"{solution}_by_position"] for r in done],
+            steps=[r["steps"] for r in done if r.get("steps") is not None],
+            train_seconds=[r["train_seconds"] for r in done if r.get("train_seconds") is not None],
         ))
     return out
 
@@ -161,6 +176,7 @@ def format_groups(groups: list[SeedGroup]) -> str:
             f"   by key position   mean {' '.join(f'{a:.2f}' for a in g.position_means())}",
             f"                     clean runs {' '.join(str(k) for k in g.position_clean())}",
             f"   per seed          " + " ".join(f"{s}:{a:.2f}" for s, a in zip(g.seeds, g.accuracy)),
+            f"   a run             {g.cost()}",
         ]
     return "\n".join(lines)
 
@@ -189,7 +205,8 @@ def card_validation(card: dict[str, Any], groups: list[SeedGroup], rows: list[di
     database whose runs used the card's recipe (everything but the seed). Refuses a
     database made with another recipe, which would describe another command."""
     recipes = {json.dumps(r["config"].recipe(), sort_keys=True) for r in rows if r["gamma"] == card["gamma"]}
-    if recipes != {json.dumps(card["recipe"], sort_keys=True)}:
+    card_recipe = TrainConfig.from_recipe(card["recipe"], seed=0).recipe()  # settings added since the card: their defaults
+    if recipes != {json.dumps(card_recipe, sort_keys=True)}:
         raise ValueError(f"{database} has no runs of this card's recipe at gamma {card['gamma']}: it describes another command")
     group = next(g for g in groups if g.setting.get("gamma") == card["gamma"])
     d = group.to_dict()

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from interp import cli
-from interp.seeds import CLEAN, interval, markdown_table, reproduced, seed_groups, seed_list
+from interp.seeds import CLEAN, format_groups, interval, markdown_table, reproduced, seed_groups, seed_list
 from models.sweep import results
 
 TINY = ["--set", "max_steps=12", "--set", "warmup_steps=2", "--set", "eval_every=6", "--set", "early_stop=False",
@@ -37,6 +37,16 @@ def _row(seed, gamma, label=None, inferential=0.0, symmetric=0.0, status="done")
                "inferential_by_position": [inferential] * 7, "symmetric_by_position": [symmetric] * 6 + [1 - symmetric]}
     return {"params": {"seed": seed, "gamma": gamma}, "seed": seed, "gamma": gamma, "status": status, "label": label,
             "metrics": metrics if status == "done" else None}
+
+
+def test_groups_report_what_a_run_cost():
+    rows = [{**_row(seed, 0.8, "inferential", 1.0, 0.0), "steps": steps, "train_seconds": seconds}
+            for seed, steps, seconds in ((1, 900, 60.0), (2, 1500, 100.0))]
+    (group,) = seed_groups(rows + [_row(3, 0.8, status="pending")])
+    assert (group.steps, group.train_seconds) == ([900, 1500], [60.0, 100.0])
+    assert group.cost() == "steps 1200 (900-1500), training 80 (60-100) s"
+    assert "   a run             steps 1200 (900-1500), training 80 (60-100) s" in format_groups([group]).splitlines()
+    assert seed_groups([_row(1, 0.8, "inferential", 1.0, 0.0)])[0].cost() == "not recorded"
 
 
 def test_groups_count_labels_clean_runs_and_positions_per_gamma():
@@ -91,6 +101,8 @@ def test_a_card_takes_the_validation_of_its_own_recipe_only():
     card = {"gamma": 0.8, "recipe": TrainConfig(gamma=0.8).recipe()}
     v = card_validation(card, groups, rows, "v.db")
     assert (v["runs"], v["solution_runs"], v["clean_runs"], v["database"]) == (2, 2, 2, "v.db")
+    older = {"gamma": 0.8, "recipe": {k: v for k, v in card["recipe"].items() if k != "decay_after_solution"}}  # a card from before that setting
+    assert card_validation(older, groups, rows, "v.db") == v
     other = {"gamma": 0.8, "recipe": TrainConfig(gamma=0.8, lr=5e-4).recipe()}
     with pytest.raises(ValueError, match="another command"):
         card_validation(other, groups, rows, "v.db")

@@ -73,7 +73,7 @@ def test_the_validation_database_holds_the_shipped_commands_on_a_declared_valida
     from interp.seeds import PROTOCOL, seed_list
 
     _, rows = results(validation_db())
-    recipes = {models.card(name)["gamma"]: models.card(name)["recipe"] for name in TARGETS}
+    recipes = {models.card(name)["gamma"]: TrainConfig.from_recipe(models.card(name)["recipe"], 0).recipe() for name in TARGETS}
     assert {r["gamma"] for r in rows} == set(recipes)
     ranges = [set(seed_list(name)) for name in tomllib.loads(PROTOCOL.read_text())["ranges"] if name.startswith("validation")]
     assert any({r["seed"] for r in rows} <= seeds for seeds in ranges)  # one declared range, never tuning seeds
