@@ -244,7 +244,7 @@ def lr_factor(config: TrainConfig, step: int, solution_step: int | None = None) 
     warm, total = config.warmup_steps, config.max_steps
     ramp = (step + 1) / warm if step < warm else 1.0
     if config.decay_after_solution:
-        start = total - config.decay_after_solution if solution_step is None else min(solution_step, total - config.decay_after_solution)
+        start = min(total if solution_step is None else solution_step, total - config.decay_after_solution)
         progress = (step - start) / config.decay_after_solution
     else:
         progress = (step - warm) / max(1, total - warm)
@@ -278,7 +278,7 @@ class Schedule(torch.optim.lr_scheduler.LambdaLR):
 
     def __init__(self, optimizer: torch.optim.Optimizer, config: TrainConfig):
         self.weight_decay, self.weight_decay_warmup = config.weight_decay, config.weight_decay_warmup
-        self.decay_after_solution, self.max_steps = config.decay_after_solution, config.max_steps
+        self.decay_after_solution = config.decay_after_solution
         self.solution_step: int | None = None  # set by `saw_evaluation`
         super().__init__(optimizer, lambda step: lr_factor(config, step, self.solution_step))  # calls step() once: sets step 0's values
 
