@@ -11,7 +11,10 @@
     one thread each);
 (d) what the CPU's matmul units give: GFLOP/s of the step's largest matmul (the first
     MLP layer over every position) in fp32 and bf16 on one thread, interleaved. The bf16
-    path's gain follows it: AMX (Intel) or AVX-512 BF16 only (AMD Zen 4) differ severalfold.
+    path's gain follows it: AMX (Intel) or AVX-512 BF16 only (AMD Zen 4) differ severalfold;
+(e) what `keep_freed_memory` (glibc keeps freed blocks: no page faults) gives the shipped
+    step on one thread: it is process-wide, so child processes with and without it
+    alternate. (a)-(d) run with it, the plain loop included (so (a) does not credit it).
 
 The shipped recipe is the zoo cards' (`models/zoo/*/card.json`): (a) measures its shape.
 
@@ -25,6 +28,8 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -38,7 +43,7 @@ import torch.nn.functional as F
 import models
 from models.files import write_text_atomic
 from probes.solution import card_metrics
-from models.train import TrainConfig, batches, fused_logits, fused_parameters, make_optimizer, train_step
+from models.train import TrainConfig, batches, fused_logits, fused_parameters, keep_freed_memory, make_optimizer, train_step
 
 RESULTS = Path(__file__).parent / "results" / "train_speed.json"
 ZOO = ("inferential", "symmetric")
@@ -134,6 +139,36 @@ def matmul_rates(config: TrainConfig, rounds: int, repeats: int = 20) -> dict:
     return {"shape": [m, k, n], "gflops_per_second": median, "ratio_bf16_over_fp32": median["bf16"] / median["fp32"]}
 
 
+def child_step_rate(kept_freed_memory: bool, steps: int) -> float:
+    """(e)'s child: steps/s of the shipped step on one thread, with or without
+    `keep_freed_memory`, after 10 warm-up steps."""
+    torch.set_num_threads(1)
+    if kept_freed_memory:
+        keep_freed_memory()
+    config = shipped_recipe()[0]
+    ours = models.build(config.gamma, config.n_layers, seed=0, **config.arch)
+    params = fused_parameters(ours)
+    optimizer, schedule = make_optimizer([p for p in ours.parameters() if p.requires_grad], config)
+    data = batches(config)
+    fixed = [next(data) for _ in range(steps + 10)]
+    for index, (tokens, labels) in enumerate(fixed):
+        if index == 10:
+            start = time.perf_counter()
+        train_step(lambda t: fused_logits(params, ours.cfg, t, config.precision), tokens, labels, optimizer, schedule, config.grad_clip)
+    return steps / (time.perf_counter() - start)
+
+
+def allocator_gain(rounds: int, steps: int) -> dict:
+    """(e): child processes with and without `keep_freed_memory`, alternating; medians."""
+    rates: dict[str, list[float]] = {"default_malloc": [], "kept_freed_memory": []}
+    for _ in range(rounds):
+        for name in rates:
+            child = [sys.executable, __file__, "--child-step-rate", name, "--steps", str(steps)]
+            rates[name].append(float(subprocess.run(child, check=True, capture_output=True, text=True).stdout.split()[-1]))
+    median = {name: statistics.median(r) for name, r in rates.items()}
+    return {"steps_per_second": median, "per_round": rates, "ratio": median["kept_freed_memory"] / median["default_malloc"]}
+
+
 def time_to_solution(name: str) -> dict:
     card = models.card(name)
     config = TrainConfig.from_recipe(card["recipe"], card["seed"])
@@ -189,13 +224,21 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--sweep-seeds", type=int, default=2, help="(c): seeds per gamma in the timed sweep")
     parser.add_argument("--skip-solutions", action="store_true", help="only the steps/s ratios")
+    parser.add_argument("--child-step-rate", choices=("default_malloc", "kept_freed_memory"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.child_step_rate:
+        print(child_step_rate(args.child_step_rate == "kept_freed_memory", args.steps))
+        return
+
+    allocator = allocator_gain(args.rounds, args.steps)  # before this process keeps its freed memory
+    keep_freed_memory()
 
     result = {
         "machine": describe(),
         "speed": steps_per_second(shipped_recipe()[0], args.rounds, args.steps),
     }
     result["matmul"] = matmul_rates(shipped_recipe()[0], args.rounds)
+    result["allocator"] = allocator
     speed, matmul = result["speed"], result["matmul"]
     rate = speed["steps_per_second"]
     print(f"CPU: {result['machine']['cpu']} (bf16 matmuls: {result['machine']['bf16_matmul']}); one thread, "
@@ -206,6 +249,8 @@ def main() -> None:
           f"fp32 {rate['anchor_interp_fp32']:.1f}; plain PyTorch fp32 {rate['plain_pytorch']:.1f}")
     print(f"ratio shipped path (bf16) over plain PyTorch fp32 {speed['ratio_bf16_over_plain']:.2f}x "
           f"(fp32 path {speed['ratio_fp32_over_plain']:.2f}x; bf16 over fp32 {speed['ratio_bf16_over_fp32']:.2f}x)")
+    print(f"shipped step, 1 thread: keep_freed_memory {allocator['steps_per_second']['kept_freed_memory']:.1f} steps/s, "
+          f"glibc's default {allocator['steps_per_second']['default_malloc']:.1f}: ratio {allocator['ratio']:.2f}x")
     if not args.skip_solutions:
         result["time_to_solution"] = {}
         for name in ZOO:

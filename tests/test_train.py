@@ -4,6 +4,8 @@ writes a checkpoint with a complete model card."""
 import dataclasses
 import json
 import shlex
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -91,6 +93,43 @@ def test_bf16_training_is_deterministic_and_fp32_stays_available():
     assert not torch.equal(fp32.model.W_E, first.model.W_E)  # a different arithmetic, not a silent alias
     old_recipe = {k: v for k, v in config.recipe().items() if k != "precision"}  # written before bf16 existed
     assert TrainConfig.from_recipe(old_recipe, seed=0).precision == "fp32"
+
+
+# Training steps at the zoo's shape (big enough for glibc to map activations fresh): the page
+# faults of the last five, and a hash of the weights they end with. `malloc` is set before.
+ALLOCATOR_RUN = """
+import hashlib, resource
+import torch
+import models
+from models.train import TrainConfig, batches, fused_logits, fused_parameters, keep_freed_memory, make_optimizer, train_step
+if malloc == "kept":
+    keep_freed_memory()
+torch.set_num_threads(1)
+config = TrainConfig(gamma=0.8, arch={"d_mlp": 768}, warmup_steps=2)
+model = models.build(config.gamma, config.n_layers, seed=0, **config.arch)
+params = fused_parameters(model)
+optimizer, schedule = make_optimizer([p for p in model.parameters() if p.requires_grad], config)
+for step, (tokens, labels) in zip(range(8), batches(config)):
+    if step == 3:
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    train_step(lambda t: fused_logits(params, model.cfg, t, "bf16"), tokens, labels, optimizer, schedule, config.grad_clip)
+faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+digest = hashlib.sha256(b"".join(t.detach().numpy().tobytes() for t in params.values())).hexdigest()
+print(faults, digest)
+"""
+
+
+def test_keeping_freed_memory_removes_page_faults_and_changes_no_arithmetic():
+    # glibc's default in a fresh process; kept in this one (process-wide: the rest of the suite keeps it too)
+    out = subprocess.run([sys.executable, "-c", 'malloc = "default"' + ALLOCATOR_RUN], check=True, capture_output=True, text=True).stdout.split()
+    default_faults, default_digest = int(out[0]), out[1]
+    kept = {"malloc": "kept"}
+    exec(ALLOCATOR_RUN, kept)
+    kept_faults, kept_digest = kept["faults"], kept["digest"]
+    assert kept_digest == default_digest  # the same weights, bit for bit
+    if not sys.platform.startswith("linux"):
+        pytest.skip("glibc's malloc only")
+    assert kept_faults * 5 < default_faults, (kept_faults, default_faults)
 
 
 def test_bf16_needs_the_fused_forward():
