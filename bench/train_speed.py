@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import resource
 import statistics
 import subprocess
 import sys
@@ -139,12 +140,11 @@ def matmul_rates(config: TrainConfig, rounds: int, repeats: int = 20) -> dict:
     return {"shape": [m, k, n], "gflops_per_second": median, "ratio_bf16_over_fp32": median["bf16"] / median["fp32"]}
 
 
-def child_step_rate(kept_freed_memory: bool, steps: int) -> float:
+def child_step_rate(kept_freed_memory: bool, steps: int) -> dict[str, float]:
     """(e)'s child: steps/s of the shipped step on one thread, with or without
-    `keep_freed_memory`, after 10 warm-up steps."""
+    `keep_freed_memory`, after 10 warm-up steps; and its page faults and kernel time a step."""
     torch.set_num_threads(1)
-    if kept_freed_memory:
-        keep_freed_memory()
+    kept = kept_freed_memory and keep_freed_memory()
     config = shipped_recipe()[0]
     ours = models.build(config.gamma, config.n_layers, seed=0, **config.arch)
     params = fused_parameters(ours)
@@ -153,20 +153,24 @@ def child_step_rate(kept_freed_memory: bool, steps: int) -> float:
     fixed = [next(data) for _ in range(steps + 10)]
     for index, (tokens, labels) in enumerate(fixed):
         if index == 10:
-            start = time.perf_counter()
+            start, usage = time.perf_counter(), resource.getrusage(resource.RUSAGE_SELF)
         train_step(lambda t: fused_logits(params, ours.cfg, t, config.precision), tokens, labels, optimizer, schedule, config.grad_clip)
-    return steps / (time.perf_counter() - start)
+    seconds, after = time.perf_counter() - start, resource.getrusage(resource.RUSAGE_SELF)
+    return {"steps_per_second": steps / seconds, "page_faults_per_step": (after.ru_minflt - usage.ru_minflt) / steps,
+            "kernel_share": (after.ru_stime - usage.ru_stime) / seconds, "kept_freed_memory": float(kept)}
 
 
 def allocator_gain(rounds: int, steps: int) -> dict:
-    """(e): child processes with and without `keep_freed_memory`, alternating; medians."""
-    rates: dict[str, list[float]] = {"default_malloc": [], "kept_freed_memory": []}
-    for _ in range(rounds):
-        for name in rates:
+    """(e): child processes with and without `keep_freed_memory`, alternating (which goes
+    first alternates too); medians."""
+    runs: dict[str, list[dict[str, float]]] = {"default_malloc": [], "kept_freed_memory": []}
+    for round_index in range(rounds):
+        for name in sorted(runs, reverse=bool(round_index % 2)):
             child = [sys.executable, __file__, "--child-step-rate", name, "--steps", str(steps)]
-            rates[name].append(float(subprocess.run(child, check=True, capture_output=True, text=True).stdout.split()[-1]))
-    median = {name: statistics.median(r) for name, r in rates.items()}
-    return {"steps_per_second": median, "per_round": rates, "ratio": median["kept_freed_memory"] / median["default_malloc"]}
+            runs[name].append(json.loads(subprocess.run(child, check=True, capture_output=True, text=True).stdout.splitlines()[-1]))
+    median = {name: {key: statistics.median(run[key] for run in r) for key in r[0]} for name, r in runs.items()}
+    return {"median": median, "per_round": runs,
+            "ratio": median["kept_freed_memory"]["steps_per_second"] / median["default_malloc"]["steps_per_second"]}
 
 
 def time_to_solution(name: str) -> dict:
@@ -227,11 +231,11 @@ def main() -> None:
     parser.add_argument("--child-step-rate", choices=("default_malloc", "kept_freed_memory"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child_step_rate:
-        print(child_step_rate(args.child_step_rate == "kept_freed_memory", args.steps))
+        print(json.dumps(child_step_rate(args.child_step_rate == "kept_freed_memory", args.steps)))
         return
 
-    allocator = allocator_gain(args.rounds, args.steps)  # before this process keeps its freed memory
-    keep_freed_memory()
+    allocator = allocator_gain(args.rounds, args.steps)
+    allocator["this_process_kept_freed_memory"] = keep_freed_memory()  # for (a)-(d)
 
     result = {
         "machine": describe(),
@@ -249,8 +253,10 @@ def main() -> None:
           f"fp32 {rate['anchor_interp_fp32']:.1f}; plain PyTorch fp32 {rate['plain_pytorch']:.1f}")
     print(f"ratio shipped path (bf16) over plain PyTorch fp32 {speed['ratio_bf16_over_plain']:.2f}x "
           f"(fp32 path {speed['ratio_fp32_over_plain']:.2f}x; bf16 over fp32 {speed['ratio_bf16_over_fp32']:.2f}x)")
-    print(f"shipped step, 1 thread: keep_freed_memory {allocator['steps_per_second']['kept_freed_memory']:.1f} steps/s, "
-          f"glibc's default {allocator['steps_per_second']['default_malloc']:.1f}: ratio {allocator['ratio']:.2f}x")
+    kept, default = allocator["median"]["kept_freed_memory"], allocator["median"]["default_malloc"]
+    print(f"shipped step, 1 thread: keep_freed_memory {kept['steps_per_second']:.1f} steps/s ({kept['page_faults_per_step']:.0f} page faults "
+          f"a step, {kept['kernel_share']:.0%} in the kernel), glibc's default {default['steps_per_second']:.1f} "
+          f"({default['page_faults_per_step']:.0f}, {default['kernel_share']:.0%}): ratio {allocator['ratio']:.2f}x")
     if not args.skip_solutions:
         result["time_to_solution"] = {}
         for name in ZOO:

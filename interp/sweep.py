@@ -39,7 +39,8 @@ from interp.flow import flow_prompts, trace_flows
 from models.hooked import Model, save
 from models.sweep import Cell, SweepSpec, SweepStore, checkpoint_folder, open_sweep, process_alive
 from models.task import AnchorTask
-from models.train import TrainConfig, TrainResult, _version, make_card, train, train_command
+from models.machine import run_versions
+from models.train import TrainConfig, TrainResult, make_card, train, train_command
 from probes.composition import composition_test
 from probes.solution import card_metrics
 
@@ -105,7 +106,7 @@ def run_cell(cell: Cell, threads: int, checkpoint: str | None = None, trained: T
         "wall_seconds": result.wall_seconds + time.perf_counter() - start if trained else time.perf_counter() - start,
         "threads": torch.get_num_threads(),
         "worker": f"{socket.gethostname()}:{os.getpid()}",
-        "versions": {"python": platform.python_version(), "torch": torch.__version__, "transformer_lens": _version("transformer_lens")},
+        "versions": run_versions(),
         "checkpoint": checkpoint,
         "history": result.history,
     }

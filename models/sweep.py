@@ -258,7 +258,7 @@ CREATE TABLE cells (
     wall_seconds REAL,                 -- training + classification (+ checkpoint)
     threads INTEGER,                   -- torch threads of the run (results depend on it)
     worker TEXT,                       -- host:pid
-    versions TEXT,                     -- JSON: python, torch, transformer_lens
+    versions TEXT,                     -- JSON: python, torch, transformer_lens (+ machine, cpu, bf16_matmul in rows made since they were added)
     started TEXT,
     finished TEXT,
     error TEXT,                        -- traceback of a failed cell

@@ -4,11 +4,10 @@ clipping, the loss on the last position only, live (4,3) accuracies, early stopp
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import dataclasses
 import functools
 import math
-import platform
+import os
 import shlex
 import time
 from dataclasses import dataclass, field
@@ -22,6 +21,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from models import hooked
+from models.machine import run_versions
 from models.task import AnchorTask, eval_sets
 
 
@@ -348,18 +348,22 @@ def train_step(
 @functools.cache
 def keep_freed_memory() -> bool:
     """Have glibc's malloc keep freed memory for reuse instead of handing it back to the
-    OS: returns whether it could. A training step allocates and frees ~30 MB of
+    OS; returns whether it did. A training step allocates and frees tens of MB of
     activations; by default glibc maps big blocks fresh and returns them, and every step
-    then page-faults ~6000 times (a sixth of its time in the kernel on this CPU; 0 after).
-    Where it is done is process-wide; the arithmetic is untouched (bitwise the same
-    checkpoints). Elsewhere (macOS, musl) nothing changes."""
+    then page-faults thousands of times (`bench/train_speed.py` (e) counts them). The
+    setting is process-wide and leaves the arithmetic untouched (bitwise the same weights,
+    tested). Elsewhere (macOS, musl) nothing changes."""
     try:
-        mallopt = ctypes.CDLL(ctypes.util.find_library("c")).mallopt
-    except (OSError, AttributeError, TypeError):
+        if not os.confstr("CS_GNU_LIBC_VERSION").startswith("glibc"):
+            return False
+        mallopt = ctypes.CDLL(None).mallopt
+    except (ValueError, OSError, AttributeError):
         return False
     m_trim_threshold, m_mmap_threshold = -1, -3  # <malloc.h>
-    # glibc's ceiling for the mmap threshold is 32 MiB on 64-bit; the step's blocks are < 8 MiB
-    return bool(mallopt(m_trim_threshold, 512 << 20)) and bool(mallopt(m_mmap_threshold, 32 << 20))
+    # glibc's ceiling for the mmap threshold is 32 MiB on 64-bit; a step's largest block is
+    # [batch, pos, d_mlp] (7 MiB in bf16, 14 MiB in fp32 at the zoo's shape). The mmap
+    # threshold goes first: if glibc refuses it, nothing has changed.
+    return bool(mallopt(m_mmap_threshold, 32 << 20)) and bool(mallopt(m_trim_threshold, 512 << 20))
 
 
 def train(config: TrainConfig, progress: bool = True) -> TrainResult:
@@ -470,23 +474,9 @@ def make_card(result: TrainResult, command: str, metrics: dict[str, Any]) -> dic
         "recipe": config.recipe(),
         "task": config.task.to_dict(),
         "history": result.history,
-        "versions": {
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-            "transformer_lens": _version("transformer_lens"),
-            "machine": platform.machine(),
-        },
+        "versions": run_versions(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-
-
-def _version(package: str) -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version(package.replace("_", "-"))
-    except PackageNotFoundError:
-        return "unknown"
 
 
 def train_to_folder(
