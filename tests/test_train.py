@@ -121,17 +121,21 @@ print(faults, digest)
 
 
 def test_keeping_freed_memory_removes_page_faults_and_changes_no_arithmetic():
-    # glibc's default in a fresh process whose environment sets no malloc tuning; kept in
-    # this one (process-wide: the rest of the suite keeps it too)
+    # Both in fresh child processes whose environment sets no malloc tuning: in this process
+    # the heap is whatever the tests before left it (CI counted 1444 faults here, 31040 in the
+    # default child), so only a fresh process says what the setting does.
     env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k not in ("GLIBC_TUNABLES", "LD_PRELOAD")}
-    out = subprocess.run([sys.executable, "-c", 'malloc = "default"' + ALLOCATOR_RUN], check=True, capture_output=True, text=True, env=env)
-    default_faults, default_digest = out.stdout.splitlines()[-1].split()
-    kept = {"malloc": "kept"}
-    exec(ALLOCATOR_RUN, kept)
-    assert kept["digest"] == default_digest  # the same weights, bit for bit
+    runs = {}
+    for malloc in ("default", "kept"):
+        out = subprocess.run([sys.executable, "-c", f"malloc = {malloc!r}" + ALLOCATOR_RUN], check=True, capture_output=True, text=True, env=env)
+        faults, digest = out.stdout.splitlines()[-1].split()
+        runs[malloc] = int(faults), digest
+    assert runs["kept"][1] == runs["default"][1]  # the same weights, bit for bit
     if not keep_freed_memory():
         pytest.skip("glibc's malloc only")
-    assert kept["faults"] < 100 and kept["faults"] * 5 < int(default_faults), (kept["faults"], default_faults)
+    # fresh processes on this project's machines: ~30000 faults over the five steps by
+    # default, under 100 kept; a tenth leaves room for a noisier machine
+    assert runs["kept"][0] * 10 < runs["default"][0], runs
 
 
 def test_bf16_needs_the_fused_forward():
