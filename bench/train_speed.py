@@ -14,7 +14,11 @@
     path's gain follows it: AMX (Intel) or AVX-512 BF16 only (AMD Zen 4) differ severalfold;
 (e) what `keep_freed_memory` (glibc keeps freed blocks: no page faults) gives the shipped
     step on one thread: it is process-wide, so child processes with and without it
-    alternate. (a)-(d) run with it, the plain loop included (so (a) does not credit it).
+    alternate. (a)-(d) run with it, the plain loop included (so (a) does not credit it);
+(f) where the step's time goes: its matmul FLOPs (forward and backward, counted by
+    torch.utils.flop_counter) at (d)'s bf16 rate, against (e)'s one-thread step time. Near
+    100%, the step runs at the speed of its matmuls and only fewer FLOPs or a faster matmul
+    unit make it faster.
 
 The shipped recipe is the zoo cards' (`models/zoo/*/card.json`): (a) measures its shape.
 
@@ -36,6 +40,7 @@ import time
 from pathlib import Path
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 from machine_info import describe
 import torch.nn as nn
@@ -138,6 +143,19 @@ def matmul_rates(config: TrainConfig, rounds: int, repeats: int = 20) -> dict:
         torch.set_num_threads(previous_threads)
     median = {name: statistics.median(r) for name, r in rates.items()}
     return {"shape": [m, k, n], "gflops_per_second": median, "ratio_bf16_over_fp32": median["bf16"] / median["fp32"]}
+
+
+def step_matmul_share(config: TrainConfig, matmul: dict, one_thread: dict[str, float]) -> dict:
+    """(f): the shipped step's matmul GFLOP (forward and backward), the time they take at
+    (d)'s bf16 rate, and their share of (e)'s one-thread step."""
+    model = models.build(config.gamma, config.n_layers, seed=0, **config.arch)
+    params = fused_parameters(model)
+    tokens, labels = next(batches(config))
+    with FlopCounterMode(display=False) as counter:
+        F.cross_entropy(fused_logits(params, model.cfg, tokens, config.precision), labels).backward()
+    gflop = counter.get_total_flops() / 1e9
+    matmul_ms, step_ms = 1e3 * gflop / matmul["gflops_per_second"]["bf16"], 1e3 / one_thread["steps_per_second"]
+    return {"step_matmul_gflop": gflop, "matmul_ms_at_bf16_rate": matmul_ms, "step_ms_one_thread": step_ms, "matmul_share": matmul_ms / step_ms}
 
 
 def child_step_rate(kept_freed_memory: bool, steps: int) -> dict[str, float]:
@@ -257,6 +275,10 @@ def main() -> None:
     print(f"shipped step, 1 thread: keep_freed_memory {kept['steps_per_second']:.1f} steps/s ({kept['page_faults_per_step']:.0f} page faults "
           f"a step, {kept['kernel_share']:.0%} in the kernel), glibc's default {default['steps_per_second']:.1f} "
           f"({default['page_faults_per_step']:.0f}, {default['kernel_share']:.0%}): ratio {allocator['ratio']:.2f}x")
+    result["where_the_time_goes"] = share = step_matmul_share(shipped_recipe()[0], matmul, kept)
+    print(f"where the time goes: the step's matmuls are {share['step_matmul_gflop']:.2f} GFLOP (forward and backward); at the bf16 "
+          f"rate above they take {share['matmul_ms_at_bf16_rate']:.1f} ms of the one-thread step's {share['step_ms_one_thread']:.1f} ms "
+          f"(matmul share {share['matmul_share']:.0%})")
     if not args.skip_solutions:
         result["time_to_solution"] = {}
         for name in ZOO:
