@@ -22,7 +22,7 @@
 
 The shipped recipe is the zoo cards' (`models/zoo/*/card.json`): (a) measures its shape.
 
-    python bench/train_speed.py [--rounds 5] [--steps 40] [--sweep-seeds 2] [--skip-solutions]
+    python bench/train_speed.py [--rounds 5] [--steps 40] [--sweep-seeds 5] [--skip-solutions]
 
 Writes bench/results/train_speed.json.
 """
@@ -244,7 +244,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--steps", type=int, default=40)
-    parser.add_argument("--sweep-seeds", type=int, default=2, help="(c): seeds per gamma in the timed sweep")
+    parser.add_argument("--sweep-seeds", type=int, default=5, help="(c): seeds per gamma in the timed sweep (5: ten runs; fewer say little, since a run takes 700-3000 steps)")
     parser.add_argument("--skip-solutions", action="store_true", help="only the steps/s ratios")
     parser.add_argument("--child-step-rate", choices=("default_malloc", "kept_freed_memory"), help=argparse.SUPPRESS)
     args = parser.parse_args()
