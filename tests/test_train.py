@@ -134,8 +134,9 @@ def test_keeping_freed_memory_removes_page_faults_and_changes_no_arithmetic():
     if not keep_freed_memory():
         pytest.skip("glibc's malloc only")
     # fresh processes on this project's machines: ~30000 faults over the five steps by
-    # default, 0 kept
-    assert runs["kept"][0] < 100 and runs["kept"][0] * 10 < runs["default"][0], runs
+    # default; kept, 0 on one machine and 289 on CI's (2026-12-04), so the bound is a ratio:
+    # an absolute count depends on what the machine's libraries touch for the first time
+    assert runs["kept"][0] * 10 < runs["default"][0], runs
 
 
 def test_bf16_needs_the_fused_forward():
