@@ -18,7 +18,14 @@
 (f) where the step's time goes: its matmul FLOPs (forward and backward, counted by
     torch.utils.flop_counter) at (d)'s bf16 rate, against (e)'s one-thread step time. Near
     100%, the step runs at the speed of its matmuls and only fewer FLOPs or a faster matmul
-    unit make it faster.
+    unit make it faster;
+(g) evaluations in chunks of `models.train.EVAL_CHUNK` prompts against one pass over the
+    whole set, interleaved, on one thread with `keep_freed_memory` (as in training): the
+    live metrics of an evaluation step, and `probes.classify`'s predictions (its old chunk:
+    8192 prompts), on the shipped inferential model; the same predictions either way.
+
+(c) also records each run's steps and seconds, so that models per hour splits into steps a
+run, time a step and the per-run cost of classifying and probing.
 
 The shipped recipe is the zoo cards' (`models/zoo/*/card.json`): (a) measures its shape.
 
@@ -49,7 +56,10 @@ import torch.nn.functional as F
 import models
 from models.files import write_text_atomic
 from probes.solution import card_metrics
-from models.train import TrainConfig, batches, fused_logits, fused_parameters, keep_freed_memory, make_optimizer, train_step
+from models.sweep import results
+from models.task import eval_sets
+from models.train import EVAL_CHUNK, TrainConfig, batches, fused_logits, fused_parameters, keep_freed_memory, last_logits, make_optimizer, train_step
+from probes.solution import predict
 
 RESULTS = Path(__file__).parent / "results" / "train_speed.json"
 ZOO = ("inferential", "symmetric")
@@ -236,8 +246,52 @@ def models_per_hour(n_seeds: int) -> dict:
         start = time.perf_counter()
         summary = run_sweep(spec, Path(tmp) / "bench.db", workers=cores, threads=1)
         seconds = time.perf_counter() - start
+        rows = [row for row in results(Path(tmp) / "bench.db")[1] if row["status"] == "done"]
+    runs = [{"gamma": row["gamma"], "seed": row["seed"], "label": row["label"], "steps": row["steps"],
+             "train_seconds": row["train_seconds"], "wall_seconds": row["wall_seconds"]} for row in rows]
+    steps, train_seconds = sum(r["steps"] for r in runs), sum(r["train_seconds"] for r in runs)
     return {"models": summary.done, "failed": summary.failed, "seconds": seconds, "cores": cores, "workers": cores,
-            "models_per_hour": 3600 * summary.done / seconds}
+            "models_per_hour": 3600 * summary.done / seconds,
+            "mean_steps": steps / max(1, len(runs)), "ms_per_step": 1e3 * train_seconds / max(1, steps),
+            "mean_probe_seconds": sum(r["wall_seconds"] - r["train_seconds"] for r in runs) / max(1, len(runs)), "runs": runs}
+
+
+def chunked_evaluation(rounds: int) -> dict:
+    """(g): one thread, `keep_freed_memory` on: the live metrics' forward (seen-pair and (4,3)
+    test keys) and classify's predictions, in EVAL_CHUNK-prompt chunks against larger ones,
+    interleaved; medians in ms, and whether the predictions agree."""
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    model, task = models.load("inferential"), models.AnchorTask()
+    live, full = eval_sets(task, 2), eval_sets(task, 4)
+
+    def live_predictions(chunk: int) -> list[torch.Tensor]:
+        with torch.inference_mode():
+            return [torch.cat([last_logits(model, c).argmax(-1) for c in live[name].tokens.split(chunk)]) for name in ("seen_test", "held_test")]
+
+    cases = {
+        "live_metrics": {"whole_set": lambda: live_predictions(len(live["seen_test"])), "chunked": lambda: live_predictions(EVAL_CHUNK)},
+        "classify": {"chunk_8192": lambda: [predict(model, b.tokens, 8192) for b in full.values()],
+                     "chunked": lambda: [predict(model, b.tokens, EVAL_CHUNK) for b in full.values()]},
+    }
+    out = {}
+    try:
+        for case, ways in cases.items():
+            ms: dict[str, list[float]] = {way: [] for way in ways}
+            answers = {}
+            for round_index in range(rounds + 1):  # round 0 warms up
+                for way, fn in ways.items():
+                    start = time.perf_counter()
+                    answers[way] = fn()
+                    if round_index:
+                        ms[way].append(1e3 * (time.perf_counter() - start))
+            median = {way: statistics.median(t) for way, t in ms.items()}
+            first, chunked = (median[way] for way in ways)
+            same = all(torch.equal(a, b) for a, b in zip(*answers.values()))
+            out[case] = {"ms": median, "per_round": ms, "ratio": first / chunked, "same_predictions": same}
+    finally:
+        torch.set_num_threads(previous_threads)
+    return {"chunk": EVAL_CHUNK, **out}
 
 
 def main() -> None:
@@ -279,6 +333,12 @@ def main() -> None:
     print(f"where the time goes: the step's matmuls are {share['step_matmul_gflop']:.2f} GFLOP (forward and backward); at the bf16 "
           f"rate above they take {share['matmul_ms_at_bf16_rate']:.1f} ms of the one-thread step's {share['step_ms_one_thread']:.1f} ms "
           f"(matmul share {share['matmul_share']:.0%})")
+    result["chunked_evaluation"] = evaluation = chunked_evaluation(args.rounds)
+    for case, row in evaluation.items():
+        if case != "chunk":
+            (first, first_ms), (_, chunked_ms) = row["ms"].items()
+            print(f"{case} evaluation, 1 thread: {first} {first_ms:.0f} ms, chunks of {evaluation['chunk']} {chunked_ms:.0f} ms: "
+                  f"ratio {row['ratio']:.2f}x (same predictions: {row['same_predictions']})")
     if not args.skip_solutions:
         result["time_to_solution"] = {}
         for name in ZOO:
@@ -291,7 +351,12 @@ def main() -> None:
         sweep = models_per_hour(args.sweep_seeds)
         result["sweep"] = sweep
         print(f"sweep of the shipped recipe: {sweep['models']} models in {sweep['seconds']:.0f} s on {sweep['cores']} cores "
-              f"({sweep['workers']} workers x 1 thread): {sweep['models_per_hour']:.0f} models per hour")
+              f"({sweep['workers']} workers x 1 thread): {sweep['models_per_hour']:.0f} models per hour; a run: {sweep['mean_steps']:.0f} "
+              f"steps on average at {sweep['ms_per_step']:.1f} ms a step (evaluations included), then {sweep['mean_probe_seconds']:.1f} s "
+              f"classifying and probing")
+        for run in sweep["runs"]:
+            print(f"  gamma {run['gamma']} seed {run['seed']}: {run['label']}, {run['steps']} steps, {run['train_seconds']:.0f} s training, "
+                  f"{run['wall_seconds']:.0f} s in all")
     write_text_atomic(RESULTS, json.dumps(result, indent=2) + "\n")
     print(f"wrote {RESULTS}")
 

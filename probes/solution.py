@@ -12,6 +12,7 @@ from torch import Tensor
 
 from models.hooked import Model, check_model_fits_task
 from models.task import AnchorBatch, AnchorTask, eval_sets
+from models.train import EVAL_CHUNK
 
 UNFIT_THRESHOLD = 0.9  # seen-pair test-key accuracy below this: the model did not fit the task
 LABELS = ("inferential", "symmetric", "other", "unfit")
@@ -61,8 +62,9 @@ def label_of(seen_test_keys: float, inferential: float, symmetric: float) -> str
 
 
 @torch.inference_mode()
-def predict(model: Model, tokens: Int[Tensor, "batch pos"], batch_size: int = 8192) -> Int[Tensor, " batch"]:
-    """argmax of the last-position logits."""
+def predict(model: Model, tokens: Int[Tensor, "batch pos"], batch_size: int = EVAL_CHUNK) -> Int[Tensor, " batch"]:
+    """argmax of the last-position logits, `batch_size` prompts at a time (models.train.EVAL_CHUNK:
+    why that size)."""
     out = []
     for chunk in tokens.split(batch_size):
         out.append(model(chunk)[:, -1, :].argmax(-1).cpu())  # a model on a GPU answers there
