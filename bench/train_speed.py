@@ -19,10 +19,9 @@
     torch.utils.flop_counter) at (d)'s bf16 rate, against (e)'s one-thread step time. Near
     100%, the step runs at the speed of its matmuls and only fewer FLOPs or a faster matmul
     unit make it faster;
-(g) evaluations in chunks of `models.train.EVAL_CHUNK` prompts against one pass over the
-    whole set, interleaved, on one thread with `keep_freed_memory` (as in training): the
-    live metrics of an evaluation step, and `probes.classify`'s predictions (its old chunk:
-    8192 prompts), on the shipped inferential model; the same predictions either way.
+(g) `probes.classify`'s predictions in its chunks of 1024 prompts against its old chunks of
+    8192, interleaved, on one thread with `keep_freed_memory` (as in a sweep's worker), on the
+    shipped inferential model; the same predictions either way.
 
 (c) also records each run's steps and seconds, so that models per hour splits into steps a
 run, time a step and the per-run cost of classifying and probing.
@@ -58,7 +57,7 @@ from models.files import write_text_atomic
 from probes.solution import card_metrics
 from models.sweep import results
 from models.task import eval_sets
-from models.train import EVAL_CHUNK, TrainConfig, batches, fused_logits, fused_parameters, keep_freed_memory, last_logits, make_optimizer, train_step
+from models.train import TrainConfig, batches, fused_logits, fused_parameters, keep_freed_memory, make_optimizer, train_step
 from probes.solution import predict
 
 RESULTS = Path(__file__).parent / "results" / "train_speed.json"
@@ -256,42 +255,27 @@ def models_per_hour(n_seeds: int) -> dict:
             "mean_probe_seconds": sum(r["wall_seconds"] - r["train_seconds"] for r in runs) / max(1, len(runs)), "runs": runs}
 
 
-def chunked_evaluation(rounds: int) -> dict:
-    """(g): one thread, `keep_freed_memory` on: the live metrics' forward (seen-pair and (4,3)
-    test keys) and classify's predictions, in EVAL_CHUNK-prompt chunks against larger ones,
-    interleaved; medians in ms, and whether the predictions agree."""
+def chunked_classify(rounds: int) -> dict:
+    """(g): one thread, `keep_freed_memory` on: classify's predictions over its evaluation sets
+    in chunks of 8192 and of 1024 prompts (its default), interleaved; medians in ms, and
+    whether the predictions agree."""
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    model, task = models.load("inferential"), models.AnchorTask()
-    live, full = eval_sets(task, 2), eval_sets(task, 4)
-
-    def live_predictions(chunk: int) -> list[torch.Tensor]:
-        with torch.inference_mode():
-            return [torch.cat([last_logits(model, c).argmax(-1) for c in live[name].tokens.split(chunk)]) for name in ("seen_test", "held_test")]
-
-    cases = {
-        "live_metrics": {"whole_set": lambda: live_predictions(len(live["seen_test"])), "chunked": lambda: live_predictions(EVAL_CHUNK)},
-        "classify": {"chunk_8192": lambda: [predict(model, b.tokens, 8192) for b in full.values()],
-                     "chunked": lambda: [predict(model, b.tokens, EVAL_CHUNK) for b in full.values()]},
-    }
-    out = {}
+    model, sets = models.load("inferential"), eval_sets(models.AnchorTask(), 4)
+    ms: dict[int, list[float]] = {8192: [], 1024: []}
+    answers = {}
     try:
-        for case, ways in cases.items():
-            ms: dict[str, list[float]] = {way: [] for way in ways}
-            answers = {}
-            for round_index in range(rounds + 1):  # round 0 warms up
-                for way, fn in ways.items():
-                    start = time.perf_counter()
-                    answers[way] = fn()
-                    if round_index:
-                        ms[way].append(1e3 * (time.perf_counter() - start))
-            median = {way: statistics.median(t) for way, t in ms.items()}
-            first, chunked = (median[way] for way in ways)
-            same = all(torch.equal(a, b) for a, b in zip(*answers.values()))
-            out[case] = {"ms": median, "per_round": ms, "ratio": first / chunked, "same_predictions": same}
+        for round_index in range(rounds + 1):  # round 0 warms up
+            for chunk in ms:
+                start = time.perf_counter()
+                answers[chunk] = [predict(model, batch.tokens, chunk) for batch in sets.values()]
+                if round_index:
+                    ms[chunk].append(1e3 * (time.perf_counter() - start))
     finally:
         torch.set_num_threads(previous_threads)
-    return {"chunk": EVAL_CHUNK, **out}
+    median = {chunk: statistics.median(t) for chunk, t in ms.items()}
+    return {"ms": median, "per_round": ms, "ratio": median[8192] / median[1024],
+            "same_predictions": all(torch.equal(a, b) for a, b in zip(answers[8192], answers[1024]))}
 
 
 def main() -> None:
@@ -333,12 +317,9 @@ def main() -> None:
     print(f"where the time goes: the step's matmuls are {share['step_matmul_gflop']:.2f} GFLOP (forward and backward); at the bf16 "
           f"rate above they take {share['matmul_ms_at_bf16_rate']:.1f} ms of the one-thread step's {share['step_ms_one_thread']:.1f} ms "
           f"(matmul share {share['matmul_share']:.0%})")
-    result["chunked_evaluation"] = evaluation = chunked_evaluation(args.rounds)
-    for case, row in evaluation.items():
-        if case != "chunk":
-            (first, first_ms), (_, chunked_ms) = row["ms"].items()
-            print(f"{case} evaluation, 1 thread: {first} {first_ms:.0f} ms, chunks of {evaluation['chunk']} {chunked_ms:.0f} ms: "
-                  f"ratio {row['ratio']:.2f}x (same predictions: {row['same_predictions']})")
+    result["chunked_classify"] = row = chunked_classify(args.rounds)
+    print(f"classify's predictions, 1 thread: chunks of 8192 prompts {row['ms'][8192]:.0f} ms, of 1024 {row['ms'][1024]:.0f} ms: "
+          f"ratio {row['ratio']:.2f}x (the same predictions: {row['same_predictions']})")
     if not args.skip_solutions:
         result["time_to_solution"] = {}
         for name in ZOO:

@@ -143,15 +143,7 @@ _FUSED_FORWARD_CONFIG = dict(
     attention_dir="causal",
     attn_only=False,
 )
-# ReLU in place: its input is always the fresh output of the W_in matmul (plus a bias), whose
-# backward needs its inputs, not its output; in place, the step neither allocates nor writes
-# another [batch, pos, d_mlp] activation (the same values: tested bitwise)
-_FUSED_ACTIVATIONS = {"relu": functools.partial(F.relu, inplace=True), "gelu": F.gelu}
-# Evaluations run in chunks of this many prompts: a chunk's activations ([1024, pos, d_mlp]
-# fp32: 28 MB at the zoo's shape) stay under glibc's mmap threshold (`keep_freed_memory`) and
-# are reused, where a whole evaluation set's are mapped fresh and page-faulted every time
-# (bench/train_speed.py (g)); each prompt's logits are the same bits either way (tested)
-EVAL_CHUNK = 1024
+_FUSED_ACTIVATIONS = {"relu": F.relu, "gelu": F.gelu}
 
 
 def uses_fused_forward(cfg: Any) -> bool:
@@ -417,7 +409,7 @@ def live_metrics(model: hooked.Model, task: AnchorTask) -> dict[str, float]:
     measures the same sets, and more)."""
     sets = eval_sets(task, 2)
     seen, held = sets["seen_test"], sets["held_test"]
-    pred_seen, pred_held = (torch.cat([last_logits(model, chunk).argmax(-1) for chunk in batch.tokens.split(EVAL_CHUNK)]) for batch in (seen, held))
+    pred_seen, pred_held = last_logits(model, seen.tokens).argmax(-1), last_logits(model, held.tokens).argmax(-1)
     return {name: value.item() for name, value in live_accuracies(pred_seen, pred_held, seen.label, task.solution_targets(held)).items()}
 
 

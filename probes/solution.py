@@ -12,7 +12,6 @@ from torch import Tensor
 
 from models.hooked import Model, check_model_fits_task
 from models.task import AnchorBatch, AnchorTask, eval_sets
-from models.train import EVAL_CHUNK
 
 UNFIT_THRESHOLD = 0.9  # seen-pair test-key accuracy below this: the model did not fit the task
 LABELS = ("inferential", "symmetric", "other", "unfit")
@@ -62,9 +61,12 @@ def label_of(seen_test_keys: float, inferential: float, symmetric: float) -> str
 
 
 @torch.inference_mode()
-def predict(model: Model, tokens: Int[Tensor, "batch pos"], batch_size: int = EVAL_CHUNK) -> Int[Tensor, " batch"]:
-    """argmax of the last-position logits, `batch_size` prompts at a time (models.train.EVAL_CHUNK:
-    why that size)."""
+def predict(model: Model, tokens: Int[Tensor, "batch pos"], batch_size: int = 1024) -> Int[Tensor, " batch"]:
+    """argmax of the last-position logits, `batch_size` prompts at a time: 1024 keeps a chunk's
+    activations ([1024, pos, d_mlp] fp32, 28 MB at the zoo's shape) under the mmap threshold
+    that `models.train.keep_freed_memory` sets, so they are reused, not mapped and
+    page-faulted afresh (classify 1.4x faster than in chunks of 8192: bench/train_speed.py
+    (g)); a prompt's logits do not depend on the chunk (tested)."""
     out = []
     for chunk in tokens.split(batch_size):
         out.append(model(chunk)[:, -1, :].argmax(-1).cpu())  # a model on a GPU answers there

@@ -3,9 +3,10 @@
 import pytest
 import torch
 
+import models
 from models import hooked
 from models.task import AnchorTask
-from probes.solution import classify, label_of
+from probes.solution import classify, label_of, predict
 
 TASK = AnchorTask()
 
@@ -93,3 +94,15 @@ def test_classify_restores_the_train_eval_mode_when_it_raises(training):
     with pytest.raises(RuntimeError, match="boom"):
         classify(model)
     assert model.training is training
+
+
+def test_predict_in_chunks_gives_each_prompt_the_same_logits():
+    # predict evaluates 1024 prompts at a time (page faults): the chunk must not change a
+    # prompt's logits, not even in the last bit.
+    model = models.load("inferential")
+    tokens = AnchorTask().sample(1536, torch.Generator().manual_seed(3)).tokens
+    with torch.inference_mode():
+        whole = model(tokens)[:, -1]
+        chunked = torch.cat([model(chunk)[:, -1] for chunk in tokens.split(1024)])
+    assert torch.equal(whole, chunked)
+    assert torch.equal(predict(model, tokens), whole.argmax(-1))

@@ -1,0 +1,175 @@
+"""Levers on the shipped training step, each measured side by side with the shipped form in
+one run, one thread, `keep_freed_memory` on (as in training):
+
+(a) ReLU in place on the W_in matmul's fresh output against a fresh activation (shipped),
+    and whether the weights after the timed steps are the same bits (not shipped: slower);
+(b) AdamW as one update over a flat buffer of all parameters against one update per tensor
+    (shipped), on the zoo's parameter shapes, and whether they give the same bits (not
+    shipped: README "Training speed" says why);
+(c) with --compile: the step's forward and loss under torch.compile (inductor) against eager,
+    and the time the first compiled steps take.
+
+    python bench/step_levers.py [--rounds 7] [--steps 20] [--compile]
+
+Writes bench/results/step_levers.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from machine_info import describe
+
+import models
+from models.files import write_text_atomic
+from models.train import TrainConfig, batches, fused_logits, fused_parameters, keep_freed_memory, make_optimizer, train_step
+
+RESULTS = Path(__file__).parent / "results" / "step_levers.json"
+TRAIN = sys.modules["models.train"]  # `models.train` the attribute is the training function
+
+
+def zoo_config() -> TrainConfig:
+    card = models.card("inferential")
+    return TrainConfig.from_recipe(card["recipe"], card["seed"])
+
+
+def interleaved(ways: dict, rounds: int) -> dict[str, list[float]]:
+    """Alternate the ways' rounds (round 0 warms up); each returns its rate for the round."""
+    rates: dict[str, list[float]] = {name: [] for name in ways}
+    for round_index in range(rounds + 1):
+        for name, run_round in ways.items():
+            rate = run_round()
+            if round_index:
+                rates[name].append(rate)
+    return rates
+
+
+def summary(rates: dict[str, list[float]], shipped: str, other: str) -> dict:
+    median = {name: statistics.median(r) for name, r in rates.items()}
+    return {"per_second": median, "per_round": rates, "ratio": median[other] / median[shipped]}
+
+
+def relu_in_place(rounds: int, steps: int) -> dict:
+    config = zoo_config()
+    data = batches(config)
+    fixed = [next(data) for _ in range(steps)]
+    runs = {}
+    for name in ("in_place", "fresh"):
+        model = models.build(config.gamma, config.n_layers, seed=0, **config.arch)
+        params = fused_parameters(model)
+        runs[name] = (model, params, make_optimizer([p for p in model.parameters() if p.requires_grad], config))
+    activations = {"in_place": functools.partial(F.relu, inplace=True), "fresh": F.relu}
+    shipped_relu = TRAIN._FUSED_ACTIVATIONS["relu"]
+
+    def round_of(name: str):
+        model, params, (optimizer, schedule) = runs[name]
+        TRAIN._FUSED_ACTIVATIONS["relu"] = activations[name]
+        try:
+            start = time.perf_counter()
+            for tokens, labels in fixed:
+                train_step(lambda t: fused_logits(params, model.cfg, t, config.precision), tokens, labels, optimizer, schedule, config.grad_clip)
+            return steps / (time.perf_counter() - start)
+        finally:
+            TRAIN._FUSED_ACTIVATIONS["relu"] = shipped_relu
+
+    out = summary(interleaved({name: functools.partial(round_of, name) for name in runs}, rounds), "fresh", "in_place")
+    weights = [runs[name][0].state_dict() for name in runs]
+    out["same_weights"] = all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+    return out
+
+
+def flat_adamw(rounds: int, steps: int) -> dict:
+    config = zoo_config()
+    model = models.build(config.gamma, config.n_layers, seed=0, **config.arch)
+    shapes = [p.shape for p in model.parameters() if p.requires_grad]
+    generator = torch.Generator().manual_seed(0)
+    start_values = [torch.randn(shape, generator=generator) * 0.05 for shape in shapes]
+    grads = [[torch.randn(shape, generator=generator) * 0.01 for shape in shapes] for _ in range(steps)]
+    per_tensor = [torch.nn.Parameter(v.clone()) for v in start_values]
+    flat = torch.nn.Parameter(torch.cat([v.flatten() for v in start_values]))
+    flat_grads = [torch.cat([g.flatten() for g in step_grads]) for step_grads in grads]
+    kwargs = dict(lr=config.lr, betas=config.betas, eps=config.adam_eps, weight_decay=config.weight_decay)
+    optimizers = {"per_tensor": torch.optim.AdamW(per_tensor, **kwargs), "flat": torch.optim.AdamW([flat], **kwargs)}
+
+    def round_of(name: str):
+        optimizer = optimizers[name]
+        start = time.perf_counter()
+        for step in range(steps):
+            if name == "flat":
+                flat.grad = flat_grads[step]
+            else:
+                for p, g in zip(per_tensor, grads[step]):
+                    p.grad = g
+            optimizer.step()
+        return steps / (time.perf_counter() - start)
+
+    out = summary(interleaved({name: functools.partial(round_of, name) for name in optimizers}, rounds), "per_tensor", "flat")
+    out["same_weights"] = torch.equal(torch.cat([p.detach().flatten() for p in per_tensor]), flat.detach())
+    out["parameters"] = flat.numel()
+    return out
+
+
+def compiled_step(rounds: int, steps: int) -> dict:
+    config = zoo_config()
+    data = batches(config)
+    fixed = [next(data) for _ in range(steps)]
+    runs = {}
+    for name in ("eager", "compiled"):
+        model = models.build(config.gamma, config.n_layers, seed=0, **config.arch)
+        params = fused_parameters(model)
+        logits_fn = functools.partial(fused_logits, params, model.cfg, precision=config.precision)
+        runs[name] = (torch.compile(logits_fn, dynamic=False) if name == "compiled" else logits_fn,
+                      make_optimizer([p for p in model.parameters() if p.requires_grad], config))
+    start = time.perf_counter()
+    logits_fn, (optimizer, schedule) = runs["compiled"]
+    for tokens, labels in fixed[:2]:  # compiles the forward and its backward
+        train_step(logits_fn, tokens, labels, optimizer, schedule, config.grad_clip)
+    compile_seconds = time.perf_counter() - start
+
+    def round_of(name: str):
+        logits_fn, (optimizer, schedule) = runs[name]
+        start = time.perf_counter()
+        for tokens, labels in fixed:
+            train_step(logits_fn, tokens, labels, optimizer, schedule, config.grad_clip)
+        return steps / (time.perf_counter() - start)
+
+    out = summary(interleaved({name: functools.partial(round_of, name) for name in runs}, rounds), "eager", "compiled")
+    out["first_two_steps_seconds"] = compile_seconds
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--compile", action="store_true", help="(c) too: a minute or more of compiling")
+    args = parser.parse_args()
+    keep_freed_memory()
+    torch.set_num_threads(1)
+    result = {"machine": describe(), "relu_in_place": relu_in_place(args.rounds, args.steps)}
+    row = result["relu_in_place"]
+    print(f"CPU: {result['machine']['cpu']} (bf16 matmuls: {result['machine']['bf16_matmul']}); one thread")
+    print(f"(a) the step with ReLU in place {row['per_second']['in_place']:.1f} steps/s, with a fresh activation (shipped) "
+          f"{row['per_second']['fresh']:.1f}: ratio {row['ratio']:.2f}x; the same weights: {row['same_weights']}")
+    result["flat_adamw"] = row = flat_adamw(args.rounds, 5 * args.steps)
+    print(f"(b) AdamW over one flat buffer of {row['parameters']:,} parameters {1e3 / row['per_second']['flat']:.2f} ms a step, "
+          f"one update per tensor {1e3 / row['per_second']['per_tensor']:.2f} ms: ratio {row['ratio']:.2f}x; the same weights: {row['same_weights']}")
+    if args.compile:
+        result["compiled_step"] = row = compiled_step(args.rounds, args.steps)
+        print(f"(c) step with torch.compile {1e3 / row['per_second']['compiled']:.1f} ms, eager {1e3 / row['per_second']['eager']:.1f} ms: "
+              f"ratio {row['ratio']:.2f}x; the first two compiled steps took {row['first_two_steps_seconds']:.0f} s")
+    write_text_atomic(RESULTS, json.dumps(result, indent=2) + "\n")
+    print(f"wrote {RESULTS}")
+
+
+if __name__ == "__main__":
+    main()
