@@ -36,6 +36,8 @@ def check_stackable(configs: list[TrainConfig]) -> None:
         raise ValueError(f"stacked runs may differ in gamma and seed only; these settings differ: {differing}")
     if configs[0].decay_after_solution:  # the stack shares one lr, and each run fits at its own step
         raise ValueError("decay_after_solution gives each run its own lr schedule, which a stack cannot: use the local executor")
+    if configs[0].compiled:  # the stack maps the eager forward with vmap
+        raise ValueError("compiled=True compiles one run's forward; a stack trains eagerly: use the local executor")
 
 
 def stacked_logits(

@@ -60,6 +60,10 @@ class TrainConfig:
     # bf16 forward and backward with fp32 master weights: 2x the steps/s of fp32 on this
     # CPU, the same solutions (README: "Training speed"). fp32 is the reference arithmetic.
     precision: str = "bf16"
+    # True: the fused forward runs compiled by torch.compile (inductor fuses its elementwise
+    # work into C++ kernels: bench/step_levers.py (c)); a different arithmetic from the eager
+    # step, so a recipe records it. The first compile in a process takes ~15 s.
+    compiled: bool = False
     dataset_size: int | None = None  # None: fresh batches every step; else a fixed training set
     eval_every: int = 100
     early_stop: bool = True
@@ -87,6 +91,7 @@ class TrainConfig:
             "patience": (self.patience >= 1, ">= 1"),
             "settle_tol": (self.settle_tol > 0, "> 0"),
             "precision": (self.precision in PRECISIONS, f"one of {', '.join(PRECISIONS)}"),
+            "compiled": (isinstance(self.compiled, bool), "True or False"),
         }
         bad = [f"{name}={getattr(self, name)!r} (must be {rule})" for name, (ok, rule) in checks.items() if not ok]
         if bad:
@@ -117,6 +122,7 @@ class TrainConfig:
         r.setdefault("decay_after_solution", 0)  # ... or the solution-triggered decay
         r.setdefault("decay_norms", True)  # ... and decayed every parameter
         r.setdefault("precision", "fp32")  # ... and trained in fp32
+        r.setdefault("compiled", False)  # ... and eagerly
         r["betas"] = tuple(r["betas"])
         r["task"] = AnchorTask.from_dict(r["task"])
         return cls(seed=seed, **r)
@@ -374,8 +380,11 @@ def train(config: TrainConfig, progress: bool = True) -> TrainResult:
     model.train()
     optimizer, schedule = make_optimizer([p for p in model.parameters() if p.requires_grad], config)
     if uses_fused_forward(model.cfg):  # collect the fused forward's parameters once, not every step
-        params = fused_parameters(model)
-        logits_fn = lambda t: fused_logits(params, model.cfg, t, config.precision)  # noqa: E731
+        logits_fn = functools.partial(fused_logits, fused_parameters(model), model.cfg, precision=config.precision)
+        if config.compiled:  # compiled once a process: later runs' models reuse it (the same shapes)
+            logits_fn = torch.compile(logits_fn, dynamic=False)
+    elif config.compiled:
+        raise ValueError("compiled=True compiles the fused forward, which this architecture does not have: train it with compiled=False")
     else:
         logits_fn = lambda t: last_logits(model, t, config.precision)  # noqa: E731
 
