@@ -6,8 +6,10 @@ one run, one thread, `keep_freed_memory` on (as in training):
 (b) AdamW as one update over a flat buffer of all parameters against one update per tensor
     (shipped), on the zoo's parameter shapes, and whether they give the same bits (not
     shipped: README "Training speed" says why);
-(c) with --compile: the step's forward and loss under torch.compile (inductor) against eager,
-    and the time the first compiled steps take.
+(c) with --compile: the step with its forward compiled by torch.compile (inductor, as
+    `compiled=True` trains) against eager, and the time the first compiled steps take; once
+    alone, once beside a second process that trains the eager step on the other core (as a
+    sweep's second worker does).
 
     python bench/step_levers.py [--rounds 7] [--steps 20] [--compile]
 
@@ -20,6 +22,7 @@ import argparse
 import functools
 import json
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -58,26 +61,38 @@ def summary(rates: dict[str, list[float]], shipped: str, other: str) -> dict:
     return {"per_second": median, "per_round": rates, "ratio": median[other] / median[shipped]}
 
 
-def relu_in_place(rounds: int, steps: int) -> dict:
+def zoo_runs(names: tuple[str, ...], steps: int) -> tuple[TrainConfig, list, dict]:
+    """The zoo's recipe, `steps` fixed batches, and for each name a fresh model (seed 0) with
+    its fused forward, optimizer and schedule."""
     config = zoo_config()
     data = batches(config)
     fixed = [next(data) for _ in range(steps)]
     runs = {}
-    for name in ("in_place", "fresh"):
+    for name in names:
         model = models.build(config.gamma, config.n_layers, seed=0, **config.arch)
-        params = fused_parameters(model)
-        runs[name] = (model, params, make_optimizer([p for p in model.parameters() if p.requires_grad], config))
+        logits_fn = functools.partial(fused_logits, fused_parameters(model), model.cfg, precision=config.precision)
+        runs[name] = (model, logits_fn, *make_optimizer([p for p in model.parameters() if p.requires_grad], config))
+    return config, fixed, runs
+
+
+def timed_steps(config: TrainConfig, fixed: list, logits_fn, optimizer, schedule) -> float:
+    """Train on the fixed batches; steps per second."""
+    start = time.perf_counter()
+    for tokens, labels in fixed:
+        train_step(logits_fn, tokens, labels, optimizer, schedule, config.grad_clip)
+    return len(fixed) / (time.perf_counter() - start)
+
+
+def relu_in_place(rounds: int, steps: int) -> dict:
+    config, fixed, runs = zoo_runs(("in_place", "fresh"), steps)
     activations = {"in_place": functools.partial(F.relu, inplace=True), "fresh": F.relu}
     shipped_relu = TRAIN._FUSED_ACTIVATIONS["relu"]
 
     def round_of(name: str):
-        model, params, (optimizer, schedule) = runs[name]
+        _, logits_fn, optimizer, schedule = runs[name]
         TRAIN._FUSED_ACTIVATIONS["relu"] = activations[name]
         try:
-            start = time.perf_counter()
-            for tokens, labels in fixed:
-                train_step(lambda t: fused_logits(params, model.cfg, t, config.precision), tokens, labels, optimizer, schedule, config.grad_clip)
-            return steps / (time.perf_counter() - start)
+            return timed_steps(config, fixed, logits_fn, optimizer, schedule)
         finally:
             TRAIN._FUSED_ACTIVATIONS["relu"] = shipped_relu
 
@@ -119,32 +134,27 @@ def flat_adamw(rounds: int, steps: int) -> dict:
 
 
 def compiled_step(rounds: int, steps: int) -> dict:
-    config = zoo_config()
-    data = batches(config)
-    fixed = [next(data) for _ in range(steps)]
-    runs = {}
-    for name in ("eager", "compiled"):
-        model = models.build(config.gamma, config.n_layers, seed=0, **config.arch)
-        params = fused_parameters(model)
-        logits_fn = functools.partial(fused_logits, params, model.cfg, precision=config.precision)
-        runs[name] = (torch.compile(logits_fn, dynamic=False) if name == "compiled" else logits_fn,
-                      make_optimizer([p for p in model.parameters() if p.requires_grad], config))
+    config, fixed, runs = zoo_runs(("eager", "compiled"), steps)
+    model, logits_fn, optimizer, schedule = runs["compiled"]
+    runs["compiled"] = (model, torch.compile(logits_fn, dynamic=False), optimizer, schedule)  # as train() does
     start = time.perf_counter()
-    logits_fn, (optimizer, schedule) = runs["compiled"]
-    for tokens, labels in fixed[:2]:  # compiles the forward and its backward
-        train_step(logits_fn, tokens, labels, optimizer, schedule, config.grad_clip)
+    timed_steps(config, fixed[:2], *runs["compiled"][1:])  # compiles the forward and its backward
     compile_seconds = time.perf_counter() - start
-
-    def round_of(name: str):
-        logits_fn, (optimizer, schedule) = runs[name]
-        start = time.perf_counter()
-        for tokens, labels in fixed:
-            train_step(logits_fn, tokens, labels, optimizer, schedule, config.grad_clip)
-        return steps / (time.perf_counter() - start)
-
-    out = summary(interleaved({name: functools.partial(round_of, name) for name in runs}, rounds), "eager", "compiled")
+    out = summary(interleaved({name: functools.partial(timed_steps, config, fixed, *run[1:]) for name, run in runs.items()}, rounds),
+                  "eager", "compiled")
     out["first_two_steps_seconds"] = compile_seconds
     return out
+
+
+def busy_sibling() -> subprocess.Popen:
+    """A second process training the shipped step until killed: a sweep's other worker."""
+    return subprocess.Popen([sys.executable, __file__, "--busy"], stdout=subprocess.DEVNULL)
+
+
+def train_until_killed() -> None:
+    config, fixed, runs = zoo_runs(("sibling",), 20)
+    while True:
+        timed_steps(config, fixed, *runs["sibling"][1:])
 
 
 def main() -> None:
@@ -152,9 +162,13 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--compile", action="store_true", help="(c) too: a minute or more of compiling")
+    parser.add_argument("--busy", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     keep_freed_memory()
     torch.set_num_threads(1)
+    if args.busy:
+        train_until_killed()
+        return
     result = {"machine": describe(), "relu_in_place": relu_in_place(args.rounds, args.steps)}
     row = result["relu_in_place"]
     print(f"CPU: {result['machine']['cpu']} (bf16 matmuls: {result['machine']['bf16_matmul']}); one thread")
@@ -165,8 +179,17 @@ def main() -> None:
           f"one update per tensor {1e3 / row['per_second']['per_tensor']:.2f} ms: ratio {row['ratio']:.2f}x; the same weights: {row['same_weights']}")
     if args.compile:
         result["compiled_step"] = row = compiled_step(args.rounds, args.steps)
-        print(f"(c) step with torch.compile {1e3 / row['per_second']['compiled']:.1f} ms, eager {1e3 / row['per_second']['eager']:.1f} ms: "
+        print(f"(c) alone: step with torch.compile {1e3 / row['per_second']['compiled']:.1f} ms, eager {1e3 / row['per_second']['eager']:.1f} ms: "
               f"ratio {row['ratio']:.2f}x; the first two compiled steps took {row['first_two_steps_seconds']:.0f} s")
+        sibling = busy_sibling()
+        try:
+            time.sleep(5)  # the sibling imports torch and starts training
+            result["compiled_step_beside_a_sibling"] = row = compiled_step(args.rounds, args.steps)
+        finally:
+            sibling.kill()
+            sibling.wait()
+        print(f"(c) beside a process training the eager step: step with torch.compile {1e3 / row['per_second']['compiled']:.1f} ms, "
+              f"eager {1e3 / row['per_second']['eager']:.1f} ms: ratio {row['ratio']:.2f}x")
     write_text_atomic(RESULTS, json.dumps(result, indent=2) + "\n")
     print(f"wrote {RESULTS}")
 

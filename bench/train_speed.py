@@ -1,9 +1,10 @@
 """Training speed on this CPU, measured side by side in one run.
 
 (a) steps per second of the project's training step (HookedTransformer parameters, fused
-    last-position forward) in the shipped precision (bf16) and in fp32, against a plain
-    hand-written fp32 PyTorch transformer of the same shape, batch, optimizer, clipping and
-    data: the ratios, interleaved in rounds so that machine noise hits all alike;
+    last-position forward) in the shipped precision (bf16), in bf16 compiled by torch.compile
+    (`--compiled`, not the zoo's recipe) and in fp32, against a plain hand-written fp32
+    PyTorch transformer of the same shape, batch, optimizer, clipping and data: the ratios,
+    interleaved in rounds so that machine noise hits all alike;
 (b) wall time to reach each shipped reference solution from scratch with its recipe (the
     zoo card's, at the card's thread count), and the solution reached;
 (c) models per hour on this machine for a sweep of the shipped recipe: a small sweep
@@ -28,7 +29,9 @@ run, time a step and the per-run cost of classifying and probing.
 
 The shipped recipe is the zoo cards' (`models/zoo/*/card.json`): (a) measures its shape.
 
-    python bench/train_speed.py [--rounds 5] [--steps 40] [--sweep-seeds 5] [--skip-solutions]
+    python bench/train_speed.py [--rounds 5] [--steps 40] [--sweep-seeds 5] [--skip-solutions] [--compiled-sweep]
+
+(--compiled-sweep: (c) also sweeps the same seeds with the recipe plus compiled=True.)
 
 Writes bench/results/train_speed.json.
 """
@@ -36,6 +39,7 @@ Writes bench/results/train_speed.json.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import resource
 import statistics
@@ -103,11 +107,12 @@ def steps_per_second(config: TrainConfig, rounds: int, steps: int) -> dict:
     """Alternate `steps`-step rounds of both loops on the same batches; median rates."""
     plain = PlainTransformer(config.hooked_config())
     runners = {"plain_pytorch": (plain, make_optimizer(list(plain.parameters()), config))}
-    for precision in ("bf16", "fp32"):
+    for name, precision, compiled in (("bf16", "bf16", False), ("bf16_compiled", "bf16", True), ("fp32", "fp32", False)):
         ours = models.build(config.gamma, config.n_layers, seed=0, **config.arch)
-        params = fused_parameters(ours)
-        logits_fn = lambda t, params=params, cfg=ours.cfg, precision=precision: fused_logits(params, cfg, t, precision)  # noqa: E731
-        runners[f"anchor_interp_{precision}"] = (logits_fn, make_optimizer([p for p in ours.parameters() if p.requires_grad], config))
+        logits_fn = functools.partial(fused_logits, fused_parameters(ours), ours.cfg, precision=precision)
+        if compiled:  # as train() does with compiled=True; round 0 (not timed) compiles
+            logits_fn = torch.compile(logits_fn, dynamic=False)
+        runners[f"anchor_interp_{name}"] = (logits_fn, make_optimizer([p for p in ours.parameters() if p.requires_grad], config))
     data = batches(config)
     fixed = [next(data) for _ in range(steps)]
     rates: dict[str, list[float]] = {name: [] for name in runners}
@@ -123,6 +128,8 @@ def steps_per_second(config: TrainConfig, rounds: int, steps: int) -> dict:
         "steps_per_second": median,
         "per_round": rates,
         "ratio_bf16_over_plain": median["anchor_interp_bf16"] / median["plain_pytorch"],
+        "ratio_bf16_compiled_over_plain": median["anchor_interp_bf16_compiled"] / median["plain_pytorch"],
+        "ratio_bf16_compiled_over_bf16": median["anchor_interp_bf16_compiled"] / median["anchor_interp_bf16"],
         "ratio_fp32_over_plain": median["anchor_interp_fp32"] / median["plain_pytorch"],
         "ratio_bf16_over_fp32": median["anchor_interp_bf16"] / median["anchor_interp_fp32"],
         "shipped_precision": config.precision,
@@ -234,13 +241,14 @@ def shipped_recipe() -> tuple[TrainConfig, list[float]]:
     return TrainConfig.from_recipe(cards[0]["recipe"], cards[0]["seed"]), [card["gamma"] for card in cards]
 
 
-def models_per_hour(n_seeds: int) -> dict:
+def models_per_hour(n_seeds: int, compiled: bool = False) -> dict:
     from interp.sweep import available_cores, run_sweep
     from models.sweep import SweepSpec
 
     cores = available_cores()
     config, gammas = shipped_recipe()
-    spec = SweepSpec.build({"seed": [9000 + i for i in range(n_seeds)], "gamma": gammas}, {**config.departures(), **config.arch})
+    fixed = {**config.departures(), **config.arch, **({"compiled": True} if compiled else {})}
+    spec = SweepSpec.build({"seed": [9000 + i for i in range(n_seeds)], "gamma": gammas}, fixed)
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
         summary = run_sweep(spec, Path(tmp) / "bench.db", workers=cores, threads=1)
@@ -284,6 +292,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--sweep-seeds", type=int, default=5, help="(c): seeds per gamma in the timed sweep (5: ten runs; fewer say little, since a run takes 700-3000 steps)")
     parser.add_argument("--skip-solutions", action="store_true", help="only the steps/s ratios")
+    parser.add_argument("--compiled-sweep", action="store_true", help="(c) also with the recipe plus compiled=True, on the same seeds")
     parser.add_argument("--child-step-rate", choices=("default_malloc", "kept_freed_memory"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child_step_rate:
@@ -307,8 +316,11 @@ def main() -> None:
           f"(bf16 over fp32 {matmul['ratio_bf16_over_fp32']:.2f}x)")
     print(f"steps/s ({torch.get_num_threads()} thread(s)): anchor-interp bf16 {rate['anchor_interp_bf16']:.1f}, "
           f"fp32 {rate['anchor_interp_fp32']:.1f}; plain PyTorch fp32 {rate['plain_pytorch']:.1f}")
+    print(f"steps/s compiled bf16 (--compiled): {rate['anchor_interp_bf16_compiled']:.1f}")
     print(f"ratio shipped path (bf16) over plain PyTorch fp32 {speed['ratio_bf16_over_plain']:.2f}x "
           f"(fp32 path {speed['ratio_fp32_over_plain']:.2f}x; bf16 over fp32 {speed['ratio_bf16_over_fp32']:.2f}x)")
+    print(f"ratio fastest shipped path (bf16 compiled, --compiled) over plain PyTorch fp32 {speed['ratio_bf16_compiled_over_plain']:.2f}x "
+          f"(over eager bf16 {speed['ratio_bf16_compiled_over_bf16']:.2f}x)")
     kept, default = allocator["median"]["kept_freed_memory"], allocator["median"]["default_malloc"]
     print(f"shipped step, 1 thread: keep_freed_memory {kept['steps_per_second']:.1f} steps/s ({kept['page_faults_per_step']:.0f} page faults "
           f"a step, {kept['kernel_share']:.0%} in the kernel), glibc's default {default['steps_per_second']:.1f} "
@@ -338,6 +350,13 @@ def main() -> None:
         for run in sweep["runs"]:
             print(f"  gamma {run['gamma']} seed {run['seed']}: {run['label']}, {run['steps']} steps, {run['train_seconds']:.0f} s training, "
                   f"{run['wall_seconds']:.0f} s in all")
+        if args.compiled_sweep:
+            result["sweep_compiled"] = compiled = models_per_hour(args.sweep_seeds, compiled=True)
+            print(f"the same sweep with compiled=True: {compiled['models']} models in {compiled['seconds']:.0f} s: {compiled['models_per_hour']:.0f} "
+                  f"models per hour ({compiled['mean_steps']:.0f} steps a run at {compiled['ms_per_step']:.1f} ms a step; ratio over the eager "
+                  f"sweep {compiled['models_per_hour'] / sweep['models_per_hour']:.2f}x, run after it)")
+            for run in compiled["runs"]:
+                print(f"  gamma {run['gamma']} seed {run['seed']}: {run['label']}, {run['steps']} steps, {run['train_seconds']:.0f} s training")
     write_text_atomic(RESULTS, json.dumps(result, indent=2) + "\n")
     print(f"wrote {RESULTS}")
 

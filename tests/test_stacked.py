@@ -39,6 +39,8 @@ def test_a_stack_holds_runs_that_differ_by_gamma_and_seed_only():
         train_stacked([], "cpu")
     with pytest.raises(ValueError, match="decay_after_solution gives each run its own lr schedule"):
         train_stacked([TrainConfig(decay_after_solution=4, **TINY)], "cpu", progress=False)
+    with pytest.raises(ValueError, match="a stack trains eagerly"):
+        train_stacked([TrainConfig(compiled=True, **TINY)], "cpu", progress=False)
 
 
 def test_clipping_is_per_model_as_clip_grad_norm_does_it():

@@ -2,6 +2,7 @@
 writes a checkpoint with a complete model card."""
 
 import dataclasses
+import functools
 import json
 import os
 import shlex
@@ -146,6 +147,31 @@ def test_bf16_needs_the_fused_forward():
     with pytest.raises(ValueError, match="precision fp32"):
         models.train(config, progress=False)
     assert models.train(dataclasses.replace(config, precision="fp32"), progress=False).steps == 2
+
+
+def test_compiled_training_tracks_the_eager_step_is_deterministic_and_recorded():
+    # torch.compile fuses the bf16 step's elementwise work: a different arithmetic, so not the
+    # eager run's bits, but the same function (logits within bf16 rounding of the eager
+    # forward), the same weights on a rerun, and a recipe that says how the model was trained.
+    config = TrainConfig(gamma=0.5, max_steps=20, warmup_steps=2, compiled=True, **TINY)
+    first, second = models.train(config, progress=False), models.train(config, progress=False)
+    eager = models.train(dataclasses.replace(config, compiled=False), progress=False)
+    for (name, a), b in zip(first.model.state_dict().items(), second.model.state_dict().values()):
+        assert torch.equal(a, b), name
+    assert not torch.equal(first.model.W_E, eager.model.W_E)
+    assert abs(first.history[-1]["loss"] - eager.history[-1]["loss"]) < 0.01 * eager.history[-1]["loss"]
+    params = fused_parameters(eager.model)
+    compiled_logits = torch.compile(functools.partial(fused_logits, params, eager.model.cfg, precision="bf16"), dynamic=False)(TOKENS)
+    eager_logits = fused_logits(params, eager.model.cfg, TOKENS, "bf16")
+    assert (compiled_logits - eager_logits).norm() <= 0.02 * eager_logits.norm()
+    assert config.recipe()["compiled"] is True
+    assert TrainConfig.from_recipe({k: v for k, v in config.recipe().items() if k != "compiled"}, seed=0).compiled is False
+    assert "--compiled" in shlex.split(train_command(config, "out"))
+    with pytest.raises(ValueError, match="compiled"):
+        TrainConfig(compiled="yes")
+    unfused = TrainConfig(gamma=0.5, max_steps=2, warmup_steps=1, precision="fp32", compiled=True, **{**TINY, "arch": {**TINY["arch"], "normalization_type": "RMS"}})
+    with pytest.raises(ValueError, match="compiled=True compiles the fused forward"):
+        models.train(unfused, progress=False)
 
 
 def test_other_configs_train_through_the_hooked_forward():
