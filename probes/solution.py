@@ -65,7 +65,7 @@ def predict(model: Model, tokens: Int[Tensor, "batch pos"], batch_size: int = 10
     """argmax of the last-position logits, `batch_size` prompts at a time: 1024 keeps a chunk's
     activations ([1024, pos, d_mlp] fp32, 28 MB at the zoo's shape) under the mmap threshold
     that `models.train.keep_freed_memory` sets, so they are reused, not mapped and
-    page-faulted afresh (classify 1.4x faster than in chunks of 8192: bench/train_speed.py
+    page-faulted afresh (classify 1.3x-1.5x faster than in chunks of 8192: bench/train_speed.py
     (g)); a prompt's logits do not depend on the chunk (tested)."""
     out = []
     for chunk in tokens.split(batch_size):
