@@ -61,8 +61,9 @@ class TrainConfig:
     # CPU, the same solutions (README: "Training speed"). fp32 is the reference arithmetic.
     precision: str = "bf16"
     # True: the fused forward runs compiled by torch.compile (inductor fuses its elementwise
-    # work into C++ kernels: bench/step_levers.py (c)); a different arithmetic from the eager
-    # step, so a recipe records it. The first compile in a process takes ~15 s.
+    # work into C++ kernels); a different arithmetic from the eager step, so a recipe records
+    # it. Off: on this project's CPU it ran at 0.43x-0.53x the eager step in the benches
+    # (bench/step_levers.py (c); README "Training speed"). The first compile takes ~15 s.
     compiled: bool = False
     dataset_size: int | None = None  # None: fresh batches every step; else a fixed training set
     eval_every: int = 100
