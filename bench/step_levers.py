@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from machine_info import describe
+from train_speed import shipped_recipe
 
 import models
 from models.files import write_text_atomic
@@ -38,11 +39,6 @@ from models.train import TrainConfig, batches, fused_logits, fused_parameters, k
 
 RESULTS = Path(__file__).parent / "results" / "step_levers.json"
 TRAIN = sys.modules["models.train"]  # `models.train` the attribute is the training function
-
-
-def zoo_config() -> TrainConfig:
-    card = models.card("inferential")
-    return TrainConfig.from_recipe(card["recipe"], card["seed"])
 
 
 def interleaved(ways: dict, rounds: int) -> dict[str, list[float]]:
@@ -64,7 +60,7 @@ def summary(rates: dict[str, list[float]], shipped: str, other: str) -> dict:
 def zoo_runs(names: tuple[str, ...], steps: int) -> tuple[TrainConfig, list, dict]:
     """The zoo's recipe, `steps` fixed batches, and for each name a fresh model (seed 0) with
     its fused forward, optimizer and schedule."""
-    config = zoo_config()
+    config = shipped_recipe()[0]
     data = batches(config)
     fixed = [next(data) for _ in range(steps)]
     runs = {}
@@ -103,7 +99,7 @@ def relu_in_place(rounds: int, steps: int) -> dict:
 
 
 def flat_adamw(rounds: int, steps: int) -> dict:
-    config = zoo_config()
+    config = shipped_recipe()[0]
     model = models.build(config.gamma, config.n_layers, seed=0, **config.arch)
     shapes = [p.shape for p in model.parameters() if p.requires_grad]
     generator = torch.Generator().manual_seed(0)

@@ -29,9 +29,7 @@ run, time a step and the per-run cost of classifying and probing.
 
 The shipped recipe is the zoo cards' (`models/zoo/*/card.json`): (a) measures its shape.
 
-    python bench/train_speed.py [--rounds 5] [--steps 40] [--sweep-seeds 5] [--skip-solutions] [--compiled-sweep]
-
-(--compiled-sweep: (c) also sweeps the same seeds with the recipe plus compiled=True.)
+    python bench/train_speed.py [--rounds 5] [--steps 40] [--sweep-seeds 5] [--skip-solutions]
 
 Writes bench/results/train_speed.json.
 """
@@ -58,11 +56,10 @@ import torch.nn.functional as F
 
 import models
 from models.files import write_text_atomic
-from probes.solution import card_metrics
 from models.sweep import results
 from models.task import eval_sets
 from models.train import TrainConfig, batches, fused_logits, fused_parameters, keep_freed_memory, make_optimizer, train_step
-from probes.solution import predict
+from probes.solution import card_metrics, predict
 
 RESULTS = Path(__file__).parent / "results" / "train_speed.json"
 ZOO = ("inferential", "symmetric")
@@ -241,14 +238,13 @@ def shipped_recipe() -> tuple[TrainConfig, list[float]]:
     return TrainConfig.from_recipe(cards[0]["recipe"], cards[0]["seed"]), [card["gamma"] for card in cards]
 
 
-def models_per_hour(n_seeds: int, compiled: bool = False) -> dict:
+def models_per_hour(n_seeds: int) -> dict:
     from interp.sweep import available_cores, run_sweep
     from models.sweep import SweepSpec
 
     cores = available_cores()
     config, gammas = shipped_recipe()
-    fixed = {**config.departures(), **config.arch, **({"compiled": True} if compiled else {})}
-    spec = SweepSpec.build({"seed": [9000 + i for i in range(n_seeds)], "gamma": gammas}, fixed)
+    spec = SweepSpec.build({"seed": [9000 + i for i in range(n_seeds)], "gamma": gammas}, {**config.departures(), **config.arch})
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
         summary = run_sweep(spec, Path(tmp) / "bench.db", workers=cores, threads=1)
@@ -292,7 +288,6 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--sweep-seeds", type=int, default=5, help="(c): seeds per gamma in the timed sweep (5: ten runs; fewer say little, since a run takes 700-3000 steps)")
     parser.add_argument("--skip-solutions", action="store_true", help="only the steps/s ratios")
-    parser.add_argument("--compiled-sweep", action="store_true", help="(c) also with the recipe plus compiled=True, on the same seeds")
     parser.add_argument("--child-step-rate", choices=("default_malloc", "kept_freed_memory"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child_step_rate:
@@ -351,13 +346,6 @@ def main() -> None:
         for run in sweep["runs"]:
             print(f"  gamma {run['gamma']} seed {run['seed']}: {run['label']}, {run['steps']} steps, {run['train_seconds']:.0f} s training, "
                   f"{run['wall_seconds']:.0f} s in all")
-        if args.compiled_sweep:
-            result["sweep_compiled"] = compiled = models_per_hour(args.sweep_seeds, compiled=True)
-            print(f"the same sweep with compiled=True: {compiled['models']} models in {compiled['seconds']:.0f} s: {compiled['models_per_hour']:.0f} "
-                  f"models per hour ({compiled['mean_steps']:.0f} steps a run at {compiled['ms_per_step']:.1f} ms a step; ratio over the eager "
-                  f"sweep {compiled['models_per_hour'] / sweep['models_per_hour']:.2f}x, run after it)")
-            for run in compiled["runs"]:
-                print(f"  gamma {run['gamma']} seed {run['seed']}: {run['label']}, {run['steps']} steps, {run['train_seconds']:.0f} s training")
     write_text_atomic(RESULTS, json.dumps(result, indent=2) + "\n")
     print(f"wrote {RESULTS}")
 

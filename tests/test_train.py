@@ -97,8 +97,6 @@ def test_bf16_training_is_deterministic_and_fp32_stays_available():
     assert TrainConfig.from_recipe(old_recipe, seed=0).precision == "fp32"
 
 
-
-
 # Training steps at the zoo's shape (big enough for glibc to map activations fresh): the page
 # faults of the last five, and a hash of the weights they end with. `malloc` is set before.
 ALLOCATOR_RUN = """
