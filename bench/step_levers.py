@@ -35,7 +35,7 @@ from train_speed import shipped_recipe
 
 import models
 from models.files import write_text_atomic
-from models.train import TrainConfig, batches, fused_logits, fused_parameters, keep_freed_memory, make_optimizer, train_step
+from models.train import TrainConfig, batches, keep_freed_memory, make_optimizer, train_step, training_forward
 
 RESULTS = Path(__file__).parent / "results" / "step_levers.json"
 TRAIN = sys.modules["models.train"]  # `models.train` the attribute is the training function
@@ -57,17 +57,17 @@ def summary(rates: dict[str, list[float]], shipped: str, other: str) -> dict:
     return {"per_second": median, "per_round": rates, "ratio": median[other] / median[shipped]}
 
 
-def zoo_runs(names: tuple[str, ...], steps: int) -> tuple[TrainConfig, list, dict]:
+def zoo_runs(names: tuple[str, ...], steps: int, compiled: tuple[str, ...] = ()) -> tuple[TrainConfig, list, dict]:
     """The zoo's recipe, `steps` fixed batches, and for each name a fresh model (seed 0) with
-    its fused forward, optimizer and schedule."""
+    its training forward (compiled for the names in `compiled`, as train() does), optimizer
+    and schedule."""
     config = shipped_recipe()[0]
     data = batches(config)
     fixed = [next(data) for _ in range(steps)]
     runs = {}
     for name in names:
         model = models.build(config.gamma, config.n_layers, seed=0, **config.arch)
-        logits_fn = functools.partial(fused_logits, fused_parameters(model), model.cfg, precision=config.precision)
-        runs[name] = (model, logits_fn, *make_optimizer([p for p in model.parameters() if p.requires_grad], config))
+        runs[name] = (model, training_forward(model, config.precision, name in compiled), *make_optimizer([p for p in model.parameters() if p.requires_grad], config))
     return config, fixed, runs
 
 
@@ -130,9 +130,7 @@ def flat_adamw(rounds: int, steps: int) -> dict:
 
 
 def compiled_step(rounds: int, steps: int) -> dict:
-    config, fixed, runs = zoo_runs(("eager", "compiled"), steps)
-    model, logits_fn, optimizer, schedule = runs["compiled"]
-    runs["compiled"] = (model, torch.compile(logits_fn, dynamic=False), optimizer, schedule)  # as train() does
+    config, fixed, runs = zoo_runs(("eager", "compiled"), steps, compiled=("compiled",))
     start = time.perf_counter()
     timed_steps(config, fixed[:2], *runs["compiled"][1:])  # compiles the forward and its backward
     compile_seconds = time.perf_counter() - start

@@ -37,7 +37,6 @@ Writes bench/results/train_speed.json.
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import resource
 import statistics
@@ -58,7 +57,7 @@ import models
 from models.files import write_text_atomic
 from models.sweep import results
 from models.task import eval_sets
-from models.train import TrainConfig, batches, fused_logits, fused_parameters, keep_freed_memory, make_optimizer, train_step
+from models.train import TrainConfig, batches, fused_logits, fused_parameters, keep_freed_memory, make_optimizer, train_step, training_forward
 from probes.solution import card_metrics, predict
 
 RESULTS = Path(__file__).parent / "results" / "train_speed.json"
@@ -106,9 +105,7 @@ def steps_per_second(config: TrainConfig, rounds: int, steps: int) -> dict:
     runners = {"plain_pytorch": (plain, make_optimizer(list(plain.parameters()), config))}
     for name, precision, compiled in (("bf16", "bf16", False), ("bf16_compiled", "bf16", True), ("fp32", "fp32", False)):
         ours = models.build(config.gamma, config.n_layers, seed=0, **config.arch)
-        logits_fn = functools.partial(fused_logits, fused_parameters(ours), ours.cfg, precision=precision)
-        if compiled:  # as train() does with compiled=True; round 0 (not timed) compiles
-            logits_fn = torch.compile(logits_fn, dynamic=False)
+        logits_fn = training_forward(ours, precision, compiled)  # compiled: round 0 (not timed) compiles
         runners[f"anchor_interp_{name}"] = (logits_fn, make_optimizer([p for p in ours.parameters() if p.requires_grad], config))
     data = batches(config)
     fixed = [next(data) for _ in range(steps)]
@@ -178,14 +175,14 @@ def child_step_rate(kept_freed_memory: bool, steps: int) -> dict[str, float]:
     kept = kept_freed_memory and keep_freed_memory()
     config = shipped_recipe()[0]
     ours = models.build(config.gamma, config.n_layers, seed=0, **config.arch)
-    params = fused_parameters(ours)
+    logits_fn = training_forward(ours, config.precision)
     optimizer, schedule = make_optimizer([p for p in ours.parameters() if p.requires_grad], config)
     data = batches(config)
     fixed = [next(data) for _ in range(steps + 10)]
     for index, (tokens, labels) in enumerate(fixed):
         if index == 10:
             start, usage = time.perf_counter(), resource.getrusage(resource.RUSAGE_SELF)
-        train_step(lambda t: fused_logits(params, ours.cfg, t, config.precision), tokens, labels, optimizer, schedule, config.grad_clip)
+        train_step(logits_fn, tokens, labels, optimizer, schedule, config.grad_clip)
     seconds, after = time.perf_counter() - start, resource.getrusage(resource.RUSAGE_SELF)
     return {"steps_per_second": steps / seconds, "page_faults_per_step": (after.ru_minflt - usage.ru_minflt) / steps,
             "kernel_share": (after.ru_stime - usage.ru_stime) / seconds, "kept_freed_memory": float(kept)}

@@ -235,6 +235,14 @@ def fused_logits(
     return plus_bias(final @ p["unembed.W_U"], "unembed.b_U").float()
 
 
+def training_forward(model: hooked.Model, precision: str, compiled: bool = False) -> Callable[[Tensor], Tensor]:
+    """The training step's forward for a model the fused forward covers: `fused_logits` over
+    its parameters, collected once rather than every step, and with `compiled` wrapped in
+    torch.compile (compiled once a process: later runs' models reuse it, the same shapes)."""
+    logits_fn = functools.partial(fused_logits, fused_parameters(model), model.cfg, precision=precision)
+    return torch.compile(logits_fn, dynamic=False) if compiled else logits_fn
+
+
 def last_logits(model: hooked.Model, tokens: Int[Tensor, "batch pos"], precision: str = "fp32") -> Float[Tensor, "batch d_vocab"]:
     """Logits at the last position: `fused_logits` where it covers the config, else the
     hooked forward (slower, same result, fp32 only)."""
@@ -380,10 +388,8 @@ def train(config: TrainConfig, progress: bool = True) -> TrainResult:
     model = hooked.build(config.gamma, config.n_layers, seed=config.seed, task=config.task, **config.arch)
     model.train()
     optimizer, schedule = make_optimizer([p for p in model.parameters() if p.requires_grad], config)
-    if uses_fused_forward(model.cfg):  # collect the fused forward's parameters once, not every step
-        logits_fn = functools.partial(fused_logits, fused_parameters(model), model.cfg, precision=config.precision)
-        if config.compiled:  # compiled once a process: later runs' models reuse it (the same shapes)
-            logits_fn = torch.compile(logits_fn, dynamic=False)
+    if uses_fused_forward(model.cfg):
+        logits_fn = training_forward(model, config.precision, config.compiled)
     elif config.compiled:
         raise ValueError("compiled=True compiles the fused forward, which this architecture does not have: train it with compiled=False")
     else:

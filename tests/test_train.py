@@ -2,7 +2,6 @@
 writes a checkpoint with a complete model card."""
 
 import dataclasses
-import functools
 import json
 import os
 import shlex
@@ -17,7 +16,7 @@ import models
 from models import hooked
 from interp import cli
 from models.task import AnchorTask
-from models.train import TrainConfig, fused_logits, fused_parameters, keep_freed_memory, last_logits, train_command, uses_fused_forward
+from models.train import TrainConfig, fused_logits, fused_parameters, keep_freed_memory, last_logits, train_command, training_forward, uses_fused_forward
 
 TOKENS = AnchorTask().sample(128, torch.Generator().manual_seed(0)).tokens
 
@@ -158,9 +157,8 @@ def test_compiled_training_tracks_the_eager_step_is_deterministic_and_recorded()
         assert torch.equal(a, b), name
     assert not torch.equal(first.model.W_E, eager.model.W_E)
     assert abs(first.history[-1]["loss"] - eager.history[-1]["loss"]) < 0.01 * eager.history[-1]["loss"]
-    params = fused_parameters(eager.model)
-    compiled_logits = torch.compile(functools.partial(fused_logits, params, eager.model.cfg, precision="bf16"), dynamic=False)(TOKENS)
-    eager_logits = fused_logits(params, eager.model.cfg, TOKENS, "bf16")
+    compiled_logits = training_forward(eager.model, "bf16", compiled=True)(TOKENS)
+    eager_logits = training_forward(eager.model, "bf16")(TOKENS)
     assert (compiled_logits - eager_logits).norm() <= 0.02 * eager_logits.norm()
     assert config.recipe()["compiled"] is True
     assert TrainConfig.from_recipe({k: v for k, v in config.recipe().items() if k != "compiled"}, seed=0).compiled is False
